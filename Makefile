@@ -1,0 +1,24 @@
+# d2dist: the two commands are `make demo` and `make test`. Both create .venv/ on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.d2dist-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test env clean-env
+.DELETE_ON_ERROR:
+
+# The stamp is remade (and pip re-run) only when the dependency files change.
+$(STAMP): tools/install_env.sh requirements.txt setup.py
+	bash tools/install_env.sh $(VENV)
+	touch $@
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-env:
+	rm -rf $(VENV)

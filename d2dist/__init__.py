@@ -1,0 +1,17 @@
+"""d2dist: knowledge distillation for Detectron2 detection and segmentation models."""
+
+__version__ = "0.1.0"
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "d2dist needs Detectron2, which is not importable in this Python "
+        f"({e}). Run `make env` in the d2dist checkout to create .venv/ with it, or install "
+        "Detectron2 yourself: https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
+    ) from e
+
+from . import data  # noqa: F401,E402  registers the built-in datasets
+from .config import add_distill_config, get_cfg  # noqa: E402
+
+__all__ = ["__version__", "add_distill_config", "get_cfg"]

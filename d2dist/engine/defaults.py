@@ -1,0 +1,156 @@
+"""The pieces of ``tools/train_net.py``: config set-up with validation, the run, the launcher."""
+
+import logging
+import os
+import sys
+import tempfile
+from typing import Callable, Sequence
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+from detectron2.engine import default_setup, launch
+
+from ..config import ConfigError, get_cfg
+from .trainer import Trainer
+
+__all__ = ["setup", "train_or_eval", "launch_cli"]
+
+logger = logging.getLogger(__name__)
+
+
+def _merge(cfg: CfgNode, merge: Callable, value, source: str) -> None:
+    try:
+        merge(value)
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ConfigError(
+            f"{source}: {e}. Keys and value types must be those of Detectron2's config (see "
+            "detectron2/config/defaults.py) or d2dist's MODEL.DISTILL (README)."
+        ) from e
+
+
+def _resolve_device(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """Use the CPU when the config asks for CUDA (Detectron2's default) and no GPU exists.
+
+    A ``MODEL.DEVICE cuda...`` given explicitly on the command line is an error instead: the
+    user asked for a GPU, so it is never silently replaced.
+    """
+    if not cfg.MODEL.DEVICE.startswith("cuda") or torch.cuda.is_available():
+        return
+    if "MODEL.DEVICE" in list(opts)[::2]:
+        raise ConfigError(
+            f"MODEL.DEVICE {cfg.MODEL.DEVICE} was given on the command line, but PyTorch "
+            f"{torch.__version__} sees no CUDA device (torch.cuda.is_available() is False). "
+            "Run on a machine with a GPU, or pass MODEL.DEVICE cpu."
+        )
+    logger.warning("No CUDA device is available: running on the CPU (MODEL.DEVICE cpu).")
+    cfg.MODEL.DEVICE = "cpu"
+
+
+def _check_datasets(cfg: CfgNode, training: bool) -> None:
+    registered = set(DatasetCatalog.list())
+    if training and not cfg.DATASETS.TRAIN:
+        raise ConfigError("DATASETS.TRAIN is empty: name at least one registered training set.")
+    for key in (["DATASETS.TRAIN"] if training else []) + ["DATASETS.TEST"]:
+        for name in cfg.DATASETS.get(key.split(".")[1]):
+            if name not in registered:
+                ours = sorted(n for n in registered if n.startswith("d2dist_"))
+                raise ConfigError(
+                    f"{key} names {name!r}, which is not a registered dataset. d2dist's built-in "
+                    f"ones are {ours}; Detectron2's (coco_2017_train, cityscapes_fine_*, ...) "
+                    f"need their files under $DETECTRON2_DATASETS (see datasets/README.md); "
+                    "register your own with DatasetCatalog.register before building the trainer."
+                )
+
+
+def _check_output_dir(cfg: CfgNode, resume: bool, training: bool) -> None:
+    out = cfg.OUTPUT_DIR
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"OUTPUT_DIR {out!r} is not a writable directory ({e.strerror or e}). Pass one that "
+            "is, e.g. `OUTPUT_DIR ./output/my_run` at the end of the command line."
+        ) from e
+    # Detectron2 would silently overwrite an earlier run's checkpoints: refuse instead.
+    if training and not resume and os.path.exists(os.path.join(out, "last_checkpoint")):
+        raise ConfigError(
+            f"OUTPUT_DIR {out!r} holds checkpoints of an earlier run (see its last_checkpoint). "
+            "Pass --resume to continue that run, or choose another OUTPUT_DIR; delete the old "
+            "directory yourself if you no longer need it."
+        )
+
+
+def setup(args) -> CfgNode:
+    """Build, validate and freeze the config of a ``train_net.py`` run, then set up logging.
+
+    Args:
+        args: parsed ``detectron2.engine.default_argument_parser()`` arguments.
+    """
+    if not args.config_file:
+        raise ConfigError("--config-file is required: the YAML config of the model to train.")
+    if not os.path.isfile(args.config_file):
+        raise ConfigError(
+            f"--config-file {args.config_file!r} does not exist (working directory: "
+            f"{os.getcwd()}). Configs that ship with d2dist are under configs/."
+        )
+    cfg = get_cfg()
+    _merge(cfg, cfg.merge_from_file, args.config_file, f"config file {args.config_file!r}")
+    _merge(cfg, cfg.merge_from_list, args.opts, "command-line overrides")
+    _resolve_device(cfg, args.opts)
+    _check_datasets(cfg, training=not args.eval_only)
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
+        raise ConfigError(
+            "--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model_final.pth, or "
+            "--resume to evaluate the last checkpoint in OUTPUT_DIR."
+        )
+    _check_output_dir(cfg, resume=args.resume, training=not args.eval_only)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def train_or_eval(cfg: CfgNode, args):
+    """Train (``--resume`` continues from OUTPUT_DIR) or, with ``--eval-only``, evaluate.
+
+    Returns the evaluation results of the run (a dict of metrics per dataset).
+    """
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    # DefaultTrainer.train() returns them only when TEST.EXPECTED_RESULTS is set.
+    return trainer._last_eval_results
+
+
+def launch_cli(main: Callable, args) -> int:
+    """Run ``main(args)`` through Detectron2's ``launch``; a :class:`ConfigError` exits with 2.
+
+    Returns the process exit status.
+    """
+    try:
+        if args.num_gpus > 1 and args.num_gpus > torch.cuda.device_count():
+            raise ConfigError(
+                f"--num-gpus {args.num_gpus} asks for {args.num_gpus} GPUs per machine, but "
+                f"{torch.cuda.device_count()} CUDA devices are visible. Pass --num-gpus "
+                f"{max(torch.cuda.device_count(), 1)} or run on a machine with more GPUs."
+            )
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ConfigError as e:
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,22 @@
+"""Test-session set-up: generated datasets go to a temporary root, never into the checkout."""
+
+import os
+import shutil
+import tempfile
+
+# Must happen before d2dist is imported: its built-in datasets read the root at registration,
+# exactly as Detectron2's own built-in datasets do.
+_DATASETS_ROOT = tempfile.mkdtemp(prefix="d2dist-test-datasets-")
+os.environ["DETECTRON2_DATASETS"] = _DATASETS_ROOT
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> str:
+    """The root under which the built-in datasets are generated during this test session."""
+    return _DATASETS_ROOT
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_DATASETS_ROOT, ignore_errors=True)

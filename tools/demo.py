@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""d2dist's main job on the built-in dataset: train a teacher and a student baseline, compare APs.
+
+    python tools/demo.py [--output-dir output/demo] [--fresh] [--device cpu|cuda]
+
+Each run is an ordinary ``tools/train_net.py`` training run (logs in ``<output-dir>/<run>/``),
+evaluated with Detectron2's COCOEvaluator. A run whose directory already holds a run of the same
+config is resumed (a finished one is only re-evaluated); ``--fresh`` retrains everything, moving
+earlier run directories aside rather than deleting them.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from tabulate import tabulate
+from tqdm import tqdm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # directory under --output-dir
+    role: str  # shown in the table
+    config: str  # relative to the repository
+    opts: tuple = ()
+
+
+RUNS = [
+    Run("teacher", "teacher", "configs/Shapes-Detection/faster_rcnn_R50_FPN_3x.yaml"),
+    Run("student", "student baseline", "configs/Shapes-Detection/faster_rcnn_R18_FPN_1x.yaml"),
+]
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _config_text(path: str) -> str:
+    """The config file and its _BASE_ chain, as text (what the fingerprint covers)."""
+    import yaml
+
+    text = open(path).read()
+    base = (yaml.safe_load(text) or {}).get("_BASE_")
+    if base:
+        text = _config_text(os.path.join(os.path.dirname(path), base)) + text
+    return text
+
+
+def _fingerprint(run: Run, opts: List[str]) -> str:
+    import d2dist
+
+    payload = [d2dist.__version__, _config_text(os.path.join(REPO, run.config)), *opts]
+    return hashlib.sha256("\0".join(payload).encode()).hexdigest()[:16]
+
+
+def _read_metrics(out: str) -> List[dict]:
+    path = os.path.join(out, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written right now
+                break
+    return records
+
+
+def _max_iter(out: str) -> Optional[int]:
+    import yaml
+
+    path = os.path.join(out, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    return int(yaml.safe_load(open(path))["SOLVER"]["MAX_ITER"])
+
+
+def train(run: Run, out_root: str, opts: List[str], fresh: bool) -> Dict[str, float]:
+    out = os.path.join(out_root, run.name)
+    stamp_path = os.path.join(out, "demo_fingerprint.txt")
+    fingerprint = _fingerprint(run, opts)
+    resume = False
+    if os.path.isdir(out):
+        same = os.path.isfile(stamp_path) and open(stamp_path).read().strip() == fingerprint
+        if same and not fresh:
+            resume = True
+        else:
+            aside = f"{out}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.rename(out, aside)
+            tqdm.write(f"[{run.name}] earlier run moved aside to {aside}")
+    os.makedirs(out, exist_ok=True)
+    with open(stamp_path, "w") as f:
+        f.write(fingerprint + "\n")
+
+    cmd = [sys.executable, TRAIN_NET, "--config-file", os.path.join(REPO, run.config)]
+    cmd += ["--resume"] if resume else []
+    cmd += [*run.opts, *opts, "OUTPUT_DIR", out]
+    log_path = os.path.join(out, "stdout.txt")
+    start = time.perf_counter()
+    with open(log_path, "a") as log, tqdm(desc=f"{run.name:>8}", unit="it", leave=True) as bar:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        while proc.poll() is None:
+            time.sleep(2)
+            bar.total = bar.total or _max_iter(out)
+            records = [r for r in _read_metrics(out) if "iteration" in r]
+            if records:
+                bar.n = records[-1]["iteration"] + 1
+                bar.refresh()
+    if proc.returncode != 0:
+        tail = open(log_path).read().splitlines()[-30:]
+        sys.exit(
+            f"demo: run {run.name!r} failed (exit {proc.returncode}); command:\n  "
+            + " ".join(cmd)
+            + f"\nlast lines of {log_path}:\n"
+            + "\n".join(tail)
+        )
+    results = [r for r in _read_metrics(out) if "bbox/AP" in r]
+    if not results:
+        sys.exit(f"demo: run {run.name!r} finished without COCO results in {out}/metrics.json")
+    final = results[-1]
+    return {
+        "time_min": (time.perf_counter() - start) / 60,
+        **{
+            f"{task}/{m}": final[f"{task}/{m}"]
+            for task in ("bbox", "segm")
+            for m in METRICS
+            if f"{task}/{m}" in final
+        },
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", default=os.path.join(REPO, "output", "demo"))
+    parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    parser.add_argument("--device", default=None, help="MODEL.DEVICE for every run")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    args = parser.parse_args(argv)
+    opts = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
+
+    # Generate the dataset here, where its progress bar is visible (runs log to files).
+    from d2dist.data import ensure_generated
+
+    for name in ("d2dist_shapes_train", "d2dist_shapes_val"):
+        ensure_generated(name)
+
+    rows = []
+    for run in RUNS:
+        res = train(run, args.output_dir, opts, args.fresh)
+        tasks = [t for t in ("bbox", "segm") if f"{t}/AP" in res]
+        for task in tasks:
+            rows.append(
+                [run.role, run.config.split("/")[-1], task]
+                + [f"{res[f'{task}/{m}']:.1f}" for m in METRICS]
+                + [f"{res['time_min']:.1f}"]
+            )
+    print()
+    print(tabulate(rows, headers=["run", "config", "task", *METRICS, "minutes"], tablefmt="github"))
+    print(f"\nRuns, logs and checkpoints: {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
