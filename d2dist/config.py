@@ -4,7 +4,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["ConfigError", "add_distill_config", "get_cfg"]
+__all__ = ["ConfigError", "add_distill_config", "add_fcos_config", "get_cfg"]
 
 
 class ConfigError(ValueError):
@@ -19,18 +19,80 @@ def add_distill_config(cfg: CN) -> None:
     """Add d2dist's keys to a Detectron2 config, in place.
 
     Writes only under ``cfg.MODEL.DISTILL``, so it can be added to any Detectron2 project's
-    config next to that project's own ``add_*_config`` calls.
+    config next to that project's own ``add_*_config`` calls. Used with
+    ``MODEL.META_ARCHITECTURE: "Distiller"``; the rest of ``cfg.MODEL`` configures the student.
     """
-    cfg.MODEL.DISTILL = CN()
+    d = cfg.MODEL.DISTILL = CN()
+    # The student: any registered meta-architecture, configured by the rest of cfg.MODEL.
+    d.STUDENT_META_ARCHITECTURE = "GeneralizedRCNN"
+    # Weight of the student's own losses in the total.
+    d.STUDENT_LOSS_WEIGHT = 1.0
+
+    d.TEACHER = CN()
+    # The teacher's own Detectron2 config: a path, or "model_zoo:<path in Detectron2's zoo>".
+    d.TEACHER.CONFIG_FILE = ""
+    # Its trained weights (path or any URL Detectron2's checkpointer reads); required.
+    d.TEACHER.WEIGHTS = ""
+    # KEY VALUE overrides of the teacher config, as on a command line.
+    d.TEACHER.OPTS = []
+    # Run the teacher under torch.autocast with this dtype: "", "bfloat16" or "float16".
+    d.TEACHER.AUTOCAST = ""
+
+    # Distillation terms, by name in d2dist's DISTILL_LOSS_REGISTRY; each is configured by the
+    # namespace of the same name below.
+    d.LOSSES = []
+
+    # Schedule of every distillation term's weight: linear warm-up from 0 over WARMUP_ITERS
+    # iterations, and 0 from STOP_ITER on (-1: never stops).
+    d.WEIGHT_SCHEDULE = CN()
+    d.WEIGHT_SCHEDULE.WARMUP_ITERS = 0
+    d.WEIGHT_SCHEDULE.STOP_ITER = -1
+
+    # Feature mimic: MSE between adapted student and teacher features, summed over levels.
+    d.MIMIC = CN()
+    d.MIMIC.WEIGHT = 1.0
+    d.MIMIC.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # "auto" (identity when channels match, else 1x1 conv), "IdentityAdapter", "Conv1x1Adapter"
+    d.MIMIC.ADAPTER = "auto"
+    d.MIMIC.ADAPTER_NORM = ""  # "", "BN", "GN", "SyncBN", ... (Detectron2's get_norm)
+
+    # Hinton's KD on logits (softmax KL; binary KL per sigmoid logit for dense heads).
+    d.KD = CN()
+    d.KD.WEIGHT = 1.0
+    d.KD.TAU = 1.0
+    # "auto" (roi for R-CNN, dense for RetinaNet / FCOS, pixel for semantic segmentation),
+    # "roi", "dense" or "pixel"
+    d.KD.TARGET = "auto"
+
+
+def add_fcos_config(cfg: CN) -> None:
+    """Add ``MODEL.FCOS`` so that Detectron2's FCOS can be built from a yacs config.
+
+    Upstream Detectron2 builds FCOS only through LazyConfig; d2dist registers a yacs builder
+    (meta-architecture ``"FCOS"``) that reads these keys. Defaults are upstream's.
+    """
+    f = cfg.MODEL.FCOS = CN()
+    f.NUM_CLASSES = 80
+    f.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    f.NUM_CONVS = 4
+    f.HEAD_NORM = "GN"
+    f.PRIOR_PROB = 0.01
+    f.CENTER_SAMPLING_RADIUS = 1.5
+    f.FOCAL_LOSS_ALPHA = 0.25
+    f.FOCAL_LOSS_GAMMA = 2.0
+    f.SCORE_THRESH_TEST = 0.2
+    f.TOPK_CANDIDATES_TEST = 1000
+    f.NMS_THRESH_TEST = 0.6
 
 
 def get_cfg() -> CN:
     """Detectron2's default config with the keys of every model d2dist supports.
 
-    That is Detectron2's defaults, DeepLab's keys (``detectron2.projects.deeplab``, so DeepLab
-    students and teachers can be configured) and d2dist's ``MODEL.DISTILL``.
+    That is Detectron2's defaults, DeepLab's keys (``detectron2.projects.deeplab``), FCOS's
+    (:func:`add_fcos_config`) and d2dist's ``MODEL.DISTILL``.
     """
     cfg = _d2_get_cfg()
     add_deeplab_config(cfg)
+    add_fcos_config(cfg)
     add_distill_config(cfg)
     return cfg

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 import tempfile
 
 # Must happen before d2dist is imported: its built-in datasets read the root at registration,
@@ -10,6 +11,8 @@ _DATASETS_ROOT = tempfile.mkdtemp(prefix="d2dist-test-datasets-")
 os.environ["DETECTRON2_DATASETS"] = _DATASETS_ROOT
 
 import pytest  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/_tiny.py
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,17 @@
 """Training and evaluation entry points."""
 
 from .defaults import launch_cli, setup, train_or_eval
-from .trainer import Trainer
+from .export import export_student, student_config
+from .trainer import DistillTrainer, StudentCheckpointer, Trainer, trainer_class
 
-__all__ = ["Trainer", "launch_cli", "setup", "train_or_eval"]
+__all__ = [
+    "DistillTrainer",
+    "StudentCheckpointer",
+    "Trainer",
+    "export_student",
+    "launch_cli",
+    "setup",
+    "student_config",
+    "train_or_eval",
+    "trainer_class",
+]

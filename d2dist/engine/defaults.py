@@ -13,7 +13,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup, launch
 
 from ..config import ConfigError, get_cfg
-from .trainer import Trainer
+from .trainer import trainer_class
 
 __all__ = ["setup", "train_or_eval", "launch_cli"]
 
@@ -118,12 +118,13 @@ def train_or_eval(cfg: CfgNode, args):
 
     Returns the evaluation results of the run (a dict of metrics per dataset).
     """
+    trainer_cls = trainer_class(cfg)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = trainer_cls.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
+        return trainer_cls.test(cfg, model)
+    trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     # DefaultTrainer.train() returns them only when TEST.EXPECTED_RESULTS is set.

@@ -1,0 +1,24 @@
+"""d2dist's models: the Distiller and its parts (teacher, recorder, targets, adapters, losses)."""
+
+from . import meta_arch  # noqa: F401  registers Distiller and FCOS
+from .adapters import ADAPTER_REGISTRY, build_adapter
+from .losses import DISTILL_LOSS_REGISTRY, DistillTerm, build_distill_terms
+from .meta_arch import Distiller
+from .recorder import Recorder
+from .targets import TargetExtractor, TargetRequest, Targets
+from .teacher import build_teacher, load_teacher_config
+
+__all__ = [
+    "ADAPTER_REGISTRY",
+    "DISTILL_LOSS_REGISTRY",
+    "DistillTerm",
+    "Distiller",
+    "Recorder",
+    "TargetExtractor",
+    "TargetRequest",
+    "Targets",
+    "build_adapter",
+    "build_distill_terms",
+    "build_teacher",
+    "load_teacher_config",
+]

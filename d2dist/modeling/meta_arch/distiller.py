@@ -1,0 +1,159 @@
+"""The ``Distiller`` meta-architecture: a student, a frozen teacher and distillation terms."""
+
+import logging
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ...config import ConfigError
+from ..losses import DistillTerm, build_distill_terms
+from ..targets import TargetExtractor, TargetRequest
+from ..teacher import build_meta_arch, build_teacher
+
+__all__ = ["Distiller"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class Distiller(nn.Module):
+    """Train an unmodified Detectron2 student with a frozen teacher and distillation terms.
+
+    In eval mode it is exactly the student. In training, the student runs its own forward
+    (inside a recorder), the teacher runs the parts the terms need on the same images, and the
+    loss dict is the student's losses (times ``student_loss_weight``) plus one
+    ``loss_distill_<name>`` per term (times its weight and the schedule's factor).
+
+    The teacher is deliberately *not* a registered submodule: it is absent from
+    ``state_dict()`` (run checkpoints hold the student and the terms' adapters only; resuming
+    rebuilds the teacher from its source), from ``parameters()`` (never in the optimizer or in
+    DDP) and from ``train()`` (it stays in eval mode). ``.to()`` and friends still move it.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: nn.Module,
+        terms: List[DistillTerm],
+        input_format: str,
+        teacher_input_format: str,
+        student_loss_weight: float = 1.0,
+        warmup_iters: int = 0,
+        stop_iter: int = -1,
+        teacher_autocast: str = "",
+    ):
+        """
+        Args:
+            student: the Detectron2 meta-architecture being trained.
+            teacher: a trained meta-architecture; frozen and put in eval mode here.
+            terms: the distillation terms.
+            input_format: the student's ``INPUT.FORMAT``; teacher_input_format the teacher's.
+            student_loss_weight: factor of the student's own losses.
+            warmup_iters: the terms' weights rise linearly from 0 over this many iterations.
+            stop_iter: from this iteration on the terms are off (-1: never).
+            teacher_autocast: "", "bfloat16" or "float16": the teacher's autocast dtype.
+        """
+        super().__init__()
+        if not terms:
+            raise ConfigError(
+                "MODEL.DISTILL.LOSSES is empty: name at least one distillation term, e.g. "
+                "['MIMIC'] (a Distiller without terms would be the student alone, plus a teacher "
+                "forward for nothing; train the student config directly instead)."
+            )
+        if warmup_iters < 0:
+            raise ConfigError(f"MODEL.DISTILL.WEIGHT_SCHEDULE.WARMUP_ITERS={warmup_iters} < 0")
+        self.student = student
+        teacher.eval()
+        teacher.requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # not a submodule: see the class docstring
+        self.terms = nn.ModuleList(terms)
+        self.student_loss_weight = float(student_loss_weight)
+        self.warmup_iters, self.stop_iter = int(warmup_iters), int(stop_iter)
+        request = TargetRequest()
+        for term in terms:
+            request = request | term.request()
+        self.extractor = TargetExtractor(
+            student,
+            teacher,
+            request,
+            input_format=input_format,
+            teacher_format=teacher_input_format,
+            autocast=teacher_autocast,
+        )
+
+    @classmethod
+    def from_config(cls, cfg):
+        d = cfg.MODEL.DISTILL
+        student = build_meta_arch(
+            cfg, d.STUDENT_META_ARCHITECTURE, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE"
+        )
+        student.to(torch.device(cfg.MODEL.DEVICE))
+        teacher = build_teacher(cfg)
+        return {
+            "student": student,
+            "teacher": teacher,
+            "terms": build_distill_terms(cfg, student, teacher),
+            "input_format": cfg.INPUT.FORMAT,
+            "teacher_input_format": teacher.cfg.INPUT.FORMAT,
+            "student_loss_weight": d.STUDENT_LOSS_WEIGHT,
+            "warmup_iters": d.WEIGHT_SCHEDULE.WARMUP_ITERS,
+            "stop_iter": d.WEIGHT_SCHEDULE.STOP_ITER,
+            "teacher_autocast": d.TEACHER.AUTOCAST,
+        }
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.student.device
+
+    def schedule_factor(self, iteration: int) -> float:
+        """The factor of every term's weight at ``iteration``."""
+        if self.stop_iter >= 0 and iteration >= self.stop_iter:
+            return 0.0
+        if self.warmup_iters > 0:
+            return min(1.0, (iteration + 1) / self.warmup_iters)
+        return 1.0
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        if not self.training:
+            return self.student(batched_inputs)
+        if self.teacher.training:  # someone called teacher.train() explicitly
+            self.teacher.eval()
+        storage = get_event_storage()
+        factor = self.schedule_factor(storage.iter)
+        if factor == 0.0:
+            losses = self._student_losses(self.student(batched_inputs))
+            zero = next(iter(losses.values())).new_zeros(())
+            return {**losses, **{term.loss_key: zero for term in self.terms}}
+
+        with self.extractor.student_recorder() as recorder:
+            student_losses = self.student(batched_inputs)
+        losses = self._student_losses(student_losses)
+        targets = self.extractor.extract(batched_inputs, recorder)
+        for term in self.terms:
+            value, parts = term(targets)
+            losses[term.loss_key] = value * (term.weight * factor)
+            name = term.CONFIG_KEY.lower()
+            if parts:
+                storage.put_scalars(
+                    **{f"distill/{name}/{k}": v.detach() for k, v in parts.items()},
+                    smoothing_hint=True,
+                )
+        if self.warmup_iters > 0 or self.stop_iter >= 0:
+            storage.put_scalar("distill/weight_factor", factor, smoothing_hint=False)
+        return losses
+
+    def _student_losses(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if self.student_loss_weight == 1.0:
+            return dict(losses)
+        return {k: v * self.student_loss_weight for k, v in losses.items()}
