@@ -1,0 +1,179 @@
+"""Distillation through tools/train_net.py on the tiny built-in dataset: train, resume, export."""
+
+import importlib.util
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from detectron2.engine import default_argument_parser
+
+from d2dist.config import get_cfg
+from d2dist.engine import DistillTrainer, Trainer, export_student
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
+TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
+DISTILL_CFG = os.path.join(CONFIGS, "mimic_faster_rcnn_R18_from_R50_FPN_1x.yaml")
+
+DATA = [
+    "MODEL.DEVICE", "cpu",
+    "DATASETS.TRAIN", "('d2dist_shapes_tiny_train',)",
+    "DATASETS.TEST", "('d2dist_shapes_tiny_val',)",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+    "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
+    "SOLVER.CHECKPOINT_PERIOD", "2",
+]  # fmt: skip
+TEACHER_TINY = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+                "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
+                "MODEL.ROI_BOX_HEAD.FC_DIM", "32"]  # fmt: skip
+STUDENT_TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
+                "MODEL.ROI_BOX_HEAD.FC_DIM", "16"]  # fmt: skip
+
+
+def _main(*argv):
+    spec = importlib.util.spec_from_file_location(
+        "train_net", os.path.join(REPO, "tools", "train_net.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(default_argument_parser().parse_args(list(argv)))
+
+
+@pytest.fixture(scope="module")
+def teacher_weights(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("teacher"))
+    _main(
+        "--config-file",
+        TEACHER_CFG,
+        *DATA,
+        *TEACHER_TINY,
+        "SOLVER.MAX_ITER",
+        "2",
+        "OUTPUT_DIR",
+        out,
+    )
+    return os.path.join(out, "model_final.pth")
+
+
+def _distill_opts(teacher_weights, out, max_iter=4):
+    teacher_opts = str(DATA[:2] + TEACHER_TINY)  # the teacher's own overrides
+    return [
+        *DATA, *STUDENT_TINY, "SOLVER.MAX_ITER", str(max_iter), "OUTPUT_DIR", out,
+        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher_weights,
+        "MODEL.DISTILL.TEACHER.OPTS", teacher_opts,
+        "MODEL.DISTILL.LOSSES", "['MIMIC', 'KD']",
+        # A 2-iteration teacher has large features: keep the tiny run numerically tame.
+        "MODEL.DISTILL.MIMIC.WEIGHT", "0.01", "SOLVER.BASE_LR", "0.002",
+    ]  # fmt: skip
+
+
+def _cfg(*opts):
+    cfg = get_cfg()
+    cfg.merge_from_file(DISTILL_CFG)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def distill_run(teacher_weights, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("distill"))
+    opts = _distill_opts(teacher_weights, out)
+    results = _main("--config-file", DISTILL_CFG, *opts)
+    return out, opts, results
+
+
+def test_distillation_run_logs_terms_and_saves_no_teacher(distill_run):
+    out, _, results = distill_run
+    assert {"AP", "AP50"} <= set(results["bbox"])
+    with open(os.path.join(out, "metrics.json")) as f:
+        records = [json.loads(line) for line in f]
+    train = [r for r in records if "total_loss" in r]
+    assert all("loss_distill_mimic" in r and "loss_distill_kd" in r for r in train)
+    assert any("distill/mimic/p2" in r for r in train) and any(
+        "distill/mimic/p6" in r for r in train
+    )
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    keys = ckpt["model"].keys()
+    assert not any(k.startswith("teacher") for k in keys)
+    assert any(k.startswith("student.backbone") for k in keys)
+    assert any(k.startswith("terms.0.adapters.p2") for k in keys)  # MIMIC's adapters are saved
+    assert "optimizer" in ckpt["trainer"]["_trainer"] and "LRScheduler" in ckpt["trainer"]["hooks"]
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_resume_rebuilds_the_teacher_and_continues(distill_run, teacher_weights, tmp_path):
+    out, opts, results = distill_run
+    # A longer schedule resumed from the finished 4-iteration run trains iterations 4..5.
+    resumed = _main("--config-file", DISTILL_CFG, "--resume", *opts, "SOLVER.MAX_ITER", "6")
+    assert set(resumed) == {"bbox"}
+    with open(os.path.join(out, "metrics.json")) as f:
+        iters = [json.loads(line)["iteration"] for line in f if "total_loss" in line]
+    assert max(iters) == 5
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] == 5
+
+
+def test_exported_student_is_a_plain_model_with_the_same_results(teacher_weights, tmp_path):
+    out = str(tmp_path / "run")
+    opts = _distill_opts(teacher_weights, out)
+    results = _main("--config-file", DISTILL_CFG, *opts)
+    cfg = _cfg(*opts)
+    weights, config = export_student(
+        cfg, os.path.join(out, "model_final.pth"), str(tmp_path / "s.pth")
+    )
+    exported = torch.load(weights, map_location="cpu", weights_only=False)["model"]
+    assert not any(k.startswith(("student.", "teacher", "terms")) for k in exported)
+
+    scfg = get_cfg()
+    scfg.merge_from_file(config)
+    assert scfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    scfg.OUTPUT_DIR = str(tmp_path / "eval")
+    model = Trainer.build_model(scfg)
+    model.load_state_dict(exported, strict=True)
+    again = Trainer.test(scfg, model)
+    assert again["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
+
+
+def test_export_refuses_a_plain_checkpoint(tmp_path, teacher_weights):
+    with pytest.raises(ValueError, match="holds no 'student.\\*' weights"):
+        export_student(
+            _cfg(*_distill_opts(teacher_weights, str(tmp_path))),
+            teacher_weights,
+            str(tmp_path / "x.pth"),
+        )
+
+
+def test_model_weights_initialise_the_student_only(teacher_weights, tmp_path):
+    """A model-zoo style .pkl (Detectron2 matches its keys by suffix) reaches the student only."""
+    out = str(tmp_path / "run")
+    cfg = _cfg(*_distill_opts(teacher_weights, out))
+    student_state = Trainer.build_model(_student_cfg(cfg)).state_dict()
+    init = {k: np.full(tuple(v.shape), 0.5, dtype=np.float32) for k, v in student_state.items()
+            if k.startswith("backbone.bottom_up") and v.is_floating_point()}  # fmt: skip
+    pkl = tmp_path / "init.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": init, "__author__": "test", "matching_heuristics": True}, f)
+    cfg.MODEL.WEIGHTS = str(pkl)
+    cfg.OUTPUT_DIR = out
+    trainer = DistillTrainer(cfg)
+    teacher_before = {k: v.clone() for k, v in trainer.model.teacher.state_dict().items()}
+    trainer.resume_or_load(resume=False)
+    student = trainer.model.student.state_dict()
+    for k in init:
+        assert torch.all(student[k] == 0.5), k
+    for k, v in trainer.model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), f"teacher {k} was overwritten"
+    assert trainer.start_iter == 0
+
+
+def _student_cfg(cfg):
+    from d2dist.engine import student_config
+
+    scfg = student_config(cfg)
+    scfg.MODEL.DEVICE = "cpu"
+    return scfg
