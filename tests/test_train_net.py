@@ -23,6 +23,8 @@ TINY = [
     "MODEL.FPN.OUT_CHANNELS", "16",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
     "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.NORM", "BN",  # GroupNorm needs 32 channels per group: too wide for tiny
+    "MODEL.FPN.NORM", "",
     "DATASETS.TRAIN", "('d2dist_shapes_tiny_train',)",
     "DATASETS.TEST", "('d2dist_shapes_tiny_val',)",
     "INPUT.MIN_SIZE_TRAIN", "(64,)",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""d2dist's main job on the built-in dataset: train a teacher and a student baseline, compare APs.
+"""d2dist's main job on the built-in dataset: train a teacher, a student and distilled students.
 
     python tools/demo.py [--output-dir output/demo] [--fresh] [--device cpu|cuda]
 
@@ -31,12 +31,20 @@ class Run:
     name: str  # directory under --output-dir
     role: str  # shown in the table
     config: str  # relative to the repository
-    opts: tuple = ()
+    opts: tuple = ()  # "{output_dir}" is replaced by --output-dir
 
 
+# Distilled students learn from the teacher trained by the first run.
+_TEACHER = ("MODEL.DISTILL.TEACHER.WEIGHTS", "{output_dir}/teacher/model_final.pth")
 RUNS = [
-    Run("teacher", "teacher", "configs/Shapes-Detection/faster_rcnn_R50_FPN_3x.yaml"),
+    Run("teacher", "teacher", "configs/Shapes-Detection/faster_rcnn_R50_FPN_2x.yaml"),
     Run("student", "student baseline", "configs/Shapes-Detection/faster_rcnn_R18_FPN_1x.yaml"),
+    Run(
+        "mimic",
+        "student + MIMIC",
+        "configs/Shapes-Detection/mimic_faster_rcnn_R18_from_R50_FPN_1x.yaml",
+        _TEACHER,
+    ),
 ]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -84,8 +92,9 @@ def _max_iter(out: str) -> Optional[int]:
 
 def train(run: Run, out_root: str, opts: List[str], fresh: bool) -> Dict[str, float]:
     out = os.path.join(out_root, run.name)
+    run_opts = [o.format(output_dir=out_root) for o in run.opts]
     stamp_path = os.path.join(out, "demo_fingerprint.txt")
-    fingerprint = _fingerprint(run, opts)
+    fingerprint = _fingerprint(run, run_opts + opts)
     resume = False
     if os.path.isdir(out):
         same = os.path.isfile(stamp_path) and open(stamp_path).read().strip() == fingerprint
@@ -101,7 +110,7 @@ def train(run: Run, out_root: str, opts: List[str], fresh: bool) -> Dict[str, fl
 
     cmd = [sys.executable, TRAIN_NET, "--config-file", os.path.join(REPO, run.config)]
     cmd += ["--resume"] if resume else []
-    cmd += [*run.opts, *opts, "OUTPUT_DIR", out]
+    cmd += [*run_opts, *opts, "OUTPUT_DIR", out]
     log_path = os.path.join(out, "stdout.txt")
     start = time.perf_counter()
     with open(log_path, "a") as log, tqdm(desc=f"{run.name:>8}", unit="it", leave=True) as bar:

@@ -15,7 +15,7 @@ from d2dist.engine import DistillTrainer, Trainer, export_student
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
-TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
+TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_2x.yaml")
 DISTILL_CFG = os.path.join(CONFIGS, "mimic_faster_rcnn_R18_from_R50_FPN_1x.yaml")
 
 DATA = [
@@ -28,10 +28,12 @@ DATA = [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
     "SOLVER.CHECKPOINT_PERIOD", "2",
 ]  # fmt: skip
-TEACHER_TINY = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+# Tiny widths; BatchNorm instead of the configs' GroupNorm, which needs >= 32 channels.
+TINY_NORMS = ["MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", ""]
+TEACHER_TINY = TINY_NORMS + ["MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
                 "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
                 "MODEL.ROI_BOX_HEAD.FC_DIM", "32"]  # fmt: skip
-STUDENT_TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
+STUDENT_TINY = TINY_NORMS + ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
                 "MODEL.ROI_BOX_HEAD.FC_DIM", "16"]  # fmt: skip
 
 

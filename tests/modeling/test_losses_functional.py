@@ -294,6 +294,20 @@ def test_binary_kd_non_negative():
     assert binary_kd_loss(s, s + 1e-4).item() >= -1e-7
 
 
+@pytest.mark.parametrize("s, t", [(20.0, 19.0), (17.5, 17.0), (-20.0, -19.0), (-17.5, -17.0)])
+def test_binary_kd_accurate_for_saturated_logits(s, t):
+    # Near-saturated logits, where sigmoid(t) rounds to 1 in float32 for t > ~17. The KL is
+    # tiny but positive (for s = 20, t = 19 it is ~2.06e-9) and the same for (s, t) and
+    # (-s, -t), since KL(Ber(p) || Ber(q)) = KL(Ber(1-p) || Ber(1-q)); the float64 reference
+    # is exact to ~1e-8 relative here. A KL computed in float32 from log-sigmoids achieves
+    # ~1e-6 relative, so 1e-3 is a loose bound. A loss must never come out negative.
+    out = binary_kd_loss(torch.tensor([[s]]), torch.tensor([[t]]))
+    ref = _binary_kd_ref(torch.tensor([[s]]), torch.tensor([[t]]), 1.0)
+    assert ref > 0
+    assert out.item() >= 0.0
+    assert out.item() == pytest.approx(ref, rel=1e-3, abs=1e-12)
+
+
 def test_binary_kd_not_invariant_to_shifts():
     # Unlike softmax KD, a shared shift changes every sigmoid, so the loss changes.
     s, t = _pair(4, 3, seed=31)
@@ -349,3 +363,11 @@ def test_mimic_bf16_gives_float32():
     out = mimic_loss(s, t)
     assert out.dtype == torch.float32 and out.dim() == 0
     _close(out, _mimic_ref(s, t))
+
+
+@pytest.mark.parametrize("fn", [kd_loss, binary_kd_loss])
+@pytest.mark.parametrize("tau", [0.0, -1.0])
+def test_non_positive_temperature_is_rejected(fn, tau):
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=f"temperature tau must be > 0, got {tau}"):
+        fn(x, x, tau=tau)

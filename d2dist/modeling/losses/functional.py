@@ -20,6 +20,11 @@ def _as_rows(x: Tensor, name: str) -> Tensor:
     raise ValueError(f"{name} must be (N, C) or (N, C, H, W) logits, got shape {tuple(x.shape)}")
 
 
+def _check_tau(tau: float, what: str) -> None:
+    if not tau > 0:
+        raise ValueError(f"{what}: the temperature tau must be > 0, got {tau}")
+
+
 def _check_pair(s: Tensor, t: Tensor, what: str) -> None:
     if s.shape != t.shape:
         raise ValueError(
@@ -34,6 +39,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) ->
     rows. Logits are (N, C), or (N, C, H, W) read as N*H*W rows. An empty batch gives 0.
     """
     _check_pair(student_logits, teacher_logits, "kd_loss")
+    _check_tau(tau, "kd_loss")
     s = _as_rows(student_logits, "student_logits").float()
     t = _as_rows(teacher_logits, "teacher_logits").detach().float()
     if s.shape[0] == 0:
@@ -51,14 +57,16 @@ def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 
     averaged over rows (locations). Shapes as in :func:`kd_loss`.
     """
     _check_pair(student_logits, teacher_logits, "binary_kd_loss")
+    _check_tau(tau, "binary_kd_loss")
     s = _as_rows(student_logits, "student_logits").float()
     t = _as_rows(teacher_logits, "teacher_logits").detach().float()
     if s.shape[0] == 0:
         return s.sum() * 0.0
-    p_t = torch.sigmoid(t / tau)
-    # KL(p_t || p_s) = BCE(s, p_t) - BCE(t, p_t), each computed stably from logits.
-    kl = F.binary_cross_entropy_with_logits(s / tau, p_t, reduction="none")
-    kl = kl - F.binary_cross_entropy_with_logits(t / tau, p_t, reduction="none")
+    s, t = s / tau, t / tau
+    # KL(p || q) = p (log p - log q) + (1 - p) (log(1 - p) - log(1 - q)), p = sigmoid(t),
+    # 1 - p = sigmoid(-t): every log from logsigmoid, so saturated logits keep their precision.
+    kl = torch.sigmoid(t) * (F.logsigmoid(t) - F.logsigmoid(s))
+    kl = kl + torch.sigmoid(-t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
     return kl.sum(dim=1).mean() * tau**2
 
 
