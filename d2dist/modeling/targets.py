@@ -27,7 +27,14 @@ from torch import Tensor, nn
 from ..config import ConfigError
 from .recorder import Recorder
 
-__all__ = ["TargetRequest", "Targets", "TargetExtractor", "LOGIT_TARGETS", "natural_logit_target"]
+__all__ = [
+    "LOGIT_TARGETS",
+    "TargetExtractor",
+    "TargetRequest",
+    "Targets",
+    "check_feature_names",
+    "natural_logit_target",
+]
 
 LOGIT_TARGETS = ("roi", "dense", "pixel")
 Pair = Tuple[Tensor, Tensor]
@@ -55,6 +62,22 @@ class Targets:
     roi: Optional[Pair] = None
     dense: Dict[str, Pair] = field(default_factory=dict)
     pixel: Optional[Pair] = None
+
+
+def check_feature_names(names: Sequence[str], student: nn.Module, teacher: nn.Module, where: str):
+    """Both backbones' ``output_shape()``, after checking that each of ``names`` is in both.
+
+    ``where`` names the config key in the error message.
+    """
+    s_shapes, t_shapes = student.backbone.output_shape(), teacher.backbone.output_shape()
+    for name in names:
+        for who, shapes in (("student", s_shapes), ("teacher", t_shapes)):
+            if name not in shapes:
+                raise ConfigError(
+                    f"{where} names {name!r}, which the {who}'s backbone does not produce; it "
+                    f"has {sorted(shapes)}."
+                )
+    return s_shapes, t_shapes
 
 
 def _has_roi_logits(model: nn.Module) -> bool:
@@ -139,15 +162,7 @@ class TargetExtractor:
             )
         self.autocast = autocast
 
-        s_shapes, t_shapes = student.backbone.output_shape(), teacher.backbone.output_shape()
-        for name in request.features:
-            for who, shapes in (("student", s_shapes), ("teacher", t_shapes)):
-                if name not in shapes:
-                    raise ConfigError(
-                        f"feature {name!r} is not an output of the {who}'s backbone "
-                        f"({type(student.backbone if who == 'student' else teacher.backbone).__name__}"
-                        f"); it has {sorted(shapes)}. Fix the term's IN_FEATURES."
-                    )
+        check_feature_names(request.features, student, teacher, "a term's IN_FEATURES")
         for target in request.logits:
             if target not in LOGIT_TARGETS:
                 raise ConfigError(f"logit target {target!r}; expected one of {LOGIT_TARGETS}")

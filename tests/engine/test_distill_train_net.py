@@ -141,6 +141,30 @@ def test_exported_student_is_a_plain_model_with_the_same_results(teacher_weights
     assert again["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
 
 
+def test_export_student_cli(distill_run, tmp_path):
+    import subprocess
+    import sys
+
+    out, opts, _ = distill_run
+    cli = [sys.executable, os.path.join(REPO, "tools", "export_student.py")]
+    target = str(tmp_path / "student.pth")
+    done = subprocess.run(
+        cli + ["--config-file", DISTILL_CFG, "--output", target, *opts],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert os.path.isfile(target) and os.path.isfile(str(tmp_path / "student.yaml"))
+    assert f"student weights: {target}" in done.stdout
+    missing = subprocess.run(
+        cli + ["--config-file", DISTILL_CFG, "--checkpoint", str(tmp_path / "none.pth"), *opts],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert (
+        "export_student.py: error: checkpoint '" in missing.stderr and "none.pth" in missing.stderr
+    )
+
+
 def test_export_refuses_a_plain_checkpoint(tmp_path, teacher_weights):
     with pytest.raises(ValueError, match="holds no 'student.\\*' weights"):
         export_student(

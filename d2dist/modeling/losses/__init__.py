@@ -1,7 +1,7 @@
 """Distillation losses: pure functions and the registered terms that use them."""
 
 from .functional import binary_kd_loss, kd_loss, mimic_loss
-from .terms import DISTILL_LOSS_REGISTRY, KD, DistillTerm, Mimic, build_distill_terms
+from .terms import DISTILL_LOSS_REGISTRY, KD, DistillTerm, Mimic, build_distill_terms, register_term
 
 __all__ = [
     "DISTILL_LOSS_REGISTRY",
@@ -12,4 +12,5 @@ __all__ = [
     "build_distill_terms",
     "kd_loss",
     "mimic_loss",
+    "register_term",
 ]

@@ -20,16 +20,21 @@ def _as_rows(x: Tensor, name: str) -> Tensor:
     raise ValueError(f"{name} must be (N, C) or (N, C, H, W) logits, got shape {tuple(x.shape)}")
 
 
-def _check_tau(tau: float, what: str) -> None:
-    if not tau > 0:
-        raise ValueError(f"{what}: the temperature tau must be > 0, got {tau}")
-
-
 def _check_pair(s: Tensor, t: Tensor, what: str) -> None:
     if s.shape != t.shape:
         raise ValueError(
             f"{what}: student {tuple(s.shape)} and teacher {tuple(t.shape)} must have equal shapes"
         )
+
+
+def _logit_rows(student_logits: Tensor, teacher_logits: Tensor, tau: float, what: str):
+    """Checked float32 (rows, classes) views of a logit pair; the teacher's detached."""
+    _check_pair(student_logits, teacher_logits, what)
+    if not tau > 0:
+        raise ValueError(f"{what}: the temperature tau must be > 0, got {tau}")
+    s = _as_rows(student_logits, "student_logits").float()
+    t = _as_rows(teacher_logits, "teacher_logits").detach().float()
+    return s, t
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) -> Tensor:
@@ -38,10 +43,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) ->
     ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))``, summed over classes and averaged over
     rows. Logits are (N, C), or (N, C, H, W) read as N*H*W rows. An empty batch gives 0.
     """
-    _check_pair(student_logits, teacher_logits, "kd_loss")
-    _check_tau(tau, "kd_loss")
-    s = _as_rows(student_logits, "student_logits").float()
-    t = _as_rows(teacher_logits, "teacher_logits").detach().float()
+    s, t = _logit_rows(student_logits, teacher_logits, tau, "kd_loss")
     if s.shape[0] == 0:
         return s.sum() * 0.0
     log_p_s = F.log_softmax(s / tau, dim=1)
@@ -56,10 +58,7 @@ def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 
     ``tau^2 * sum_c KL(Bernoulli(sigmoid(t_c / tau)) || Bernoulli(sigmoid(s_c / tau)))``,
     averaged over rows (locations). Shapes as in :func:`kd_loss`.
     """
-    _check_pair(student_logits, teacher_logits, "binary_kd_loss")
-    _check_tau(tau, "binary_kd_loss")
-    s = _as_rows(student_logits, "student_logits").float()
-    t = _as_rows(teacher_logits, "teacher_logits").detach().float()
+    s, t = _logit_rows(student_logits, teacher_logits, tau, "binary_kd_loss")
     if s.shape[0] == 0:
         return s.sum() * 0.0
     s, t = s / tau, t / tau

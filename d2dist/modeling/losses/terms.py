@@ -10,7 +10,13 @@ from torch import Tensor, nn
 
 from ...config import ConfigError
 from ..adapters import build_adapter
-from ..targets import LOGIT_TARGETS, TargetRequest, Targets, natural_logit_target
+from ..targets import (
+    LOGIT_TARGETS,
+    TargetRequest,
+    Targets,
+    check_feature_names,
+    natural_logit_target,
+)
 from . import functional as L
 
 __all__ = [
@@ -69,17 +75,13 @@ def _sum_levels(parts: Dict[str, Tensor]) -> Tensor:
 
 
 def _feature_adapters(cfg_node, key: str, student, teacher) -> nn.ModuleDict:
-    s_shapes, t_shapes = student.backbone.output_shape(), teacher.backbone.output_shape()
     if not cfg_node.IN_FEATURES:
         raise ConfigError(f"MODEL.DISTILL.{key}.IN_FEATURES is empty; name the levels to distill")
+    s_shapes, t_shapes = check_feature_names(
+        cfg_node.IN_FEATURES, student, teacher, f"MODEL.DISTILL.{key}.IN_FEATURES"
+    )
     adapters = nn.ModuleDict()
     for name in cfg_node.IN_FEATURES:
-        for who, shapes in (("student", s_shapes), ("teacher", t_shapes)):
-            if name not in shapes:
-                raise ConfigError(
-                    f"MODEL.DISTILL.{key}.IN_FEATURES names {name!r}, which the {who}'s backbone "
-                    f"does not produce; it has {sorted(shapes)}."
-                )
         adapters[name] = build_adapter(
             cfg_node.ADAPTER, s_shapes[name], t_shapes[name], cfg_node.ADAPTER_NORM, key=name
         )
