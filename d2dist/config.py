@@ -64,6 +64,73 @@ def add_distill_config(cfg: CN) -> None:
     # "roi", "dense" or "pixel"
     d.KD.TARGET = "auto"
 
+    # ReviewKD (Chen et al., CVPR 2021): ABF chain on the student's levels + HCL against the
+    # teacher's. Reference weights (COCO Faster R-CNN): R101->R18 1.2, R101->R50 1.0.
+    d.REVIEWKD = CN()
+    d.REVIEWKD.WEIGHT = 1.0
+    d.REVIEWKD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    d.REVIEWKD.MID_CHANNELS = 256
+    d.REVIEWKD.NORM = "BN"  # after the ABF convolutions, as in the authors' code
+
+    # DIST (Huang et al., NeurIPS 2022): Pearson relation matching of predictions.
+    d.DIST = CN()
+    d.DIST.WEIGHT = 1.0
+    d.DIST.BETA = 1.0  # inter-class term
+    d.DIST.GAMMA = 1.0  # intra-class term
+    d.DIST.TAU = 1.0  # softmax temperature (RoI and pixel logits; dense heads use sigmoid)
+    d.DIST.TARGET = "auto"  # "auto", "roi", "dense" or "pixel"
+    # Dense heads: "location" (the authors' reference: all A*K channels of a location form one
+    # row) or "anchor" (rows of K classes per anchor: a different method, opt-in).
+    d.DIST.DENSE_MODE = "location"
+    # Pixel logits: drop pixels whose ground truth (at the head's resolution) is the ignore
+    # label. The authors keep them (False).
+    d.DIST.MASK_IGNORE = False
+
+    # DIST+ (Huang et al., TPAMI 2025) feature term: DIST on FPN features, d2dist's documented
+    # reconstruction (the paper is not openly available; see README). Rows are positions,
+    # columns channels; adapters map student to teacher widths.
+    d.DIST_FEATURE = CN()
+    d.DIST_FEATURE.WEIGHT = 1.0
+    d.DIST_FEATURE.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    d.DIST_FEATURE.BETA = 1.0
+    d.DIST_FEATURE.GAMMA = 1.0
+    d.DIST_FEATURE.TAU = 1.0
+    d.DIST_FEATURE.NORMALIZE = "none"  # "none" or "softmax" (over channels, with TAU)
+    d.DIST_FEATURE.ADAPTER = "auto"
+    d.DIST_FEATURE.ADAPTER_NORM = ""
+
+    # DIST+ teacher acclimation (reconstruction): identity-initialised trainable maps of the
+    # teacher's outputs for the DIST and DIST_FEATURE terms (a temperature for logits, a
+    # per-channel affine map for features), trained on the distillation loss and anchored to the
+    # unmodified teacher by LAMBDA * |theta - identity|^2; trained from START_ITER, frozen from
+    # STOP_ITER (-1: never).
+    d.ACCLIMATION = CN()
+    d.ACCLIMATION.ENABLED = False
+    d.ACCLIMATION.LAMBDA = 1.0
+    d.ACCLIMATION.START_ITER = 0
+    d.ACCLIMATION.STOP_ITER = -1
+
+    # PKD (Cao et al., NeurIPS 2022): MSE of per-channel standardised features. Reference
+    # weights: 6 for Faster R-CNN on p2-p5, 10 for RetinaNet / FCOS on p3-p6.
+    d.PKD = CN()
+    d.PKD.WEIGHT = 6.0
+    d.PKD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # The paper compares FPNs of equal width ("auto" is then the identity); for other widths
+    # "auto" maps the student with a 1x1 conv first (d2dist's addition, not in the paper).
+    d.PKD.ADAPTER = "auto"
+    d.PKD.ADAPTER_NORM = ""
+
+    # CWD (Shu et al., ICCV 2021): KL of per-channel spatial distributions. TARGET "features"
+    # (IN_FEATURES; reference tau 1, weight 5-10) or "pixel" (segmentation logits; reference
+    # tau 4, weight 3).
+    d.CWD = CN()
+    d.CWD.WEIGHT = 5.0
+    d.CWD.TAU = 1.0
+    d.CWD.TARGET = "features"
+    d.CWD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    d.CWD.ADAPTER = "auto"
+    d.CWD.ADAPTER_NORM = ""
+
 
 def add_fcos_config(cfg: CN) -> None:
     """Add ``MODEL.FCOS`` so that Detectron2's FCOS can be built from a yacs config.

@@ -1,5 +1,27 @@
-"""d2dist's public functional loss API (see :mod:`d2dist.modeling.losses.functional`)."""
+"""d2dist's public functional loss API (see :mod:`d2dist.modeling.losses.functional`).
 
-from .modeling.losses.functional import binary_kd_loss, kd_loss, mimic_loss
+Each function returns an unweighted 0-dim float32 tensor, differentiable in the student
+argument, with the teacher side detached.
+"""
 
-__all__ = ["binary_kd_loss", "kd_loss", "mimic_loss"]
+from .modeling.losses.functional import (
+    binary_kd_loss,
+    cwd_loss,
+    dist_feature_loss,
+    dist_loss,
+    hcl_loss,
+    kd_loss,
+    mimic_loss,
+    pkd_loss,
+)
+
+__all__ = [
+    "binary_kd_loss",
+    "cwd_loss",
+    "dist_feature_loss",
+    "dist_loss",
+    "hcl_loss",
+    "kd_loss",
+    "mimic_loss",
+    "pkd_loss",
+]

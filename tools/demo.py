@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -36,15 +37,14 @@ class Run:
 
 # Distilled students learn from the teacher trained by the first run.
 _TEACHER = ("MODEL.DISTILL.TEACHER.WEIGHTS", "{output_dir}/teacher/model_final.pth")
+_CFG = "configs/Shapes-Detection/{}_faster_rcnn_R18_from_R50_FPN_1x.yaml"
 RUNS = [
     Run("teacher", "teacher", "configs/Shapes-Detection/faster_rcnn_R50_FPN_2x.yaml"),
     Run("student", "student baseline", "configs/Shapes-Detection/faster_rcnn_R18_FPN_1x.yaml"),
-    Run(
-        "mimic",
-        "student + MIMIC",
-        "configs/Shapes-Detection/mimic_faster_rcnn_R18_from_R50_FPN_1x.yaml",
-        _TEACHER,
-    ),
+    Run("mimic", "student + MIMIC", _CFG.format("mimic"), _TEACHER),
+    Run("reviewkd", "student + ReviewKD", _CFG.format("reviewkd"), _TEACHER),
+    Run("dist", "student + DIST (RoI)", _CFG.format("dist"), _TEACHER),
+    Run("distplus", "student + DIST+ (reconstr.)", _CFG.format("distplus"), _TEACHER),
 ]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -120,7 +120,7 @@ def train(run: Run, out_root: str, opts: List[str], fresh: bool) -> Dict[str, fl
             bar.total = bar.total or _max_iter(out)
             records = [r for r in _read_metrics(out) if "iteration" in r]
             if records:
-                bar.n = records[-1]["iteration"] + 1
+                bar.n = min(records[-1]["iteration"] + 1, bar.total or float("inf"))
                 bar.refresh()
     if proc.returncode != 0:
         tail = open(log_path).read().splitlines()[-30:]
@@ -154,7 +154,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     opts = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
 
-    # Generate the dataset here, where its progress bar is visible (runs log to files).
+    # Generate the dataset here, where its progress bar is visible (runs log to files). Importing
+    # Detectron2 prints library deprecation warnings that say nothing about the demo: hide them.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     from d2dist.data import ensure_generated
 
     for name in ("d2dist_shapes_train", "d2dist_shapes_val"):

@@ -4,13 +4,22 @@ Each adapter is built from the two networks' ``ShapeSpec`` (channels, stride) of
 never from a dummy forward pass.
 """
 
+import torch
+import torch.nn.functional as F
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 from torch import nn
 
 from ..config import ConfigError
 
-__all__ = ["ADAPTER_REGISTRY", "IdentityAdapter", "Conv1x1Adapter", "build_adapter"]
+__all__ = [
+    "ABF",
+    "ADAPTER_REGISTRY",
+    "Conv1x1Adapter",
+    "IdentityAdapter",
+    "ReviewKDAdapter",
+    "build_adapter",
+]
 
 ADAPTER_REGISTRY = Registry("DISTILL_ADAPTER")
 ADAPTER_REGISTRY.__doc__ = """
@@ -81,3 +90,79 @@ def build_adapter(
     adapter = ADAPTER_REGISTRY.get(name)(student_shape, teacher_shape, norm, key)
     assert isinstance(adapter, nn.Module), f"adapter {name} returned {type(adapter)}"
     return adapter
+
+
+class ABF(nn.Module):
+    """One attention-based fusion block of ReviewKD (Chen et al., CVPR 2021).
+
+    ``X = norm(conv1x1(x))``; with a deeper level, ``U`` = that level's fused tensor resized
+    (nearest) to X's size and ``R = z0 * X + z1 * U`` with ``z = sigmoid(conv1x1([X; U]))`` (two
+    independent maps); the deepest level has no attention (``R = X``). Returns
+    ``(norm(conv3x3(R)), R)``: the output compared with the teacher, and the fused tensor the
+    next shallower level fuses.
+    """
+
+    def __init__(
+        self, in_channels: int, mid_channels: int, out_channels: int, norm: str, fuse: bool
+    ):
+        super().__init__()
+        self.conv1 = Conv2d(
+            in_channels, mid_channels, 1, bias=False, norm=get_norm(norm, mid_channels)
+        )
+        self.conv2 = Conv2d(
+            mid_channels, out_channels, 3, padding=1, bias=False, norm=get_norm(norm, out_channels)
+        )
+        self.att_conv = Conv2d(2 * mid_channels, 2, 1) if fuse else None
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+
+    def forward(self, x, residual=None):
+        x = self.conv1(x)
+        if self.att_conv is not None:
+            if residual is None:
+                raise ValueError("this ABF fuses a deeper level: pass that level's fused tensor")
+            u = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
+            z = torch.sigmoid(self.att_conv(torch.cat([x, u], dim=1)))
+            x = x * z[:, 0:1] + u * z[:, 1:2]
+        return self.conv2(x), x
+
+
+class ReviewKDAdapter(nn.Module):
+    """The ABF chain of ReviewKD over any set of levels, fused from the deepest to the shallowest.
+
+    Built from the two networks' shapes; input and output widths come from them, so any FPN
+    widths and any levels (p2-p6, p3-p7, ...) work. Training-only: it belongs to the ReviewKD
+    term, never to the student.
+
+    Args:
+        student_shapes, teacher_shapes: ``ShapeSpec`` per level name.
+        in_features: the levels to use (any order; fused by decreasing stride).
+        mid_channels: the ABF width m.
+        norm: the norm after conv1 and conv2 (Detectron2's ``get_norm`` names; "" for none).
+    """
+
+    def __init__(self, student_shapes, teacher_shapes, in_features, mid_channels: int, norm: str):
+        super().__init__()
+        for name in in_features:
+            _check_stride(student_shapes[name], teacher_shapes[name], name)
+        # deepest first: the order in which the chain runs
+        self.order = sorted(in_features, key=lambda n: -student_shapes[n].stride)
+        self.abfs = nn.ModuleDict(
+            {
+                name: ABF(
+                    student_shapes[name].channels,
+                    mid_channels,
+                    teacher_shapes[name].channels,
+                    norm,
+                    fuse=i > 0,
+                )
+                for i, name in enumerate(self.order)
+            }
+        )
+
+    def forward(self, features):
+        """``{level: student feature}`` -> ``{level: output of the teacher's width}``."""
+        outputs, residual = {}, None
+        for name in self.order:
+            outputs[name], residual = self.abfs[name](features[name], residual)
+        return outputs

@@ -56,12 +56,16 @@ class TargetRequest:
 
 @dataclass
 class Targets:
-    """Aligned pairs; teacher tensors are detached float32, student tensors carry gradients."""
+    """Aligned pairs; teacher tensors are detached float32, student tensors carry gradients.
+
+    ``batched_inputs`` is the step's input batch (for terms that need its annotations).
+    """
 
     features: Dict[str, Pair] = field(default_factory=dict)
     roi: Optional[Pair] = None
     dense: Dict[str, Pair] = field(default_factory=dict)
     pixel: Optional[Pair] = None
+    batched_inputs: Sequence[dict] = ()
 
 
 def check_feature_names(names: Sequence[str], student: nn.Module, teacher: nn.Module, where: str):
@@ -273,7 +277,7 @@ class TargetExtractor:
     def extract(self, batched_inputs: Sequence[dict], student_rec: Recorder) -> Targets:
         """Run the teacher parts and pair its tensors with the recorded student tensors."""
         t_out = self._teacher(batched_inputs, student_rec)
-        targets = Targets()
+        targets = Targets(batched_inputs=batched_inputs)
         req = self.request
         if req.features:
             s_feats = student_rec.output("backbone")

@@ -141,8 +141,11 @@ class Distiller(nn.Module):
         losses = self._student_losses(student_losses)
         targets = self.extractor.extract(batched_inputs, recorder)
         for term in self.terms:
-            value, parts = term(targets)
-            losses[term.loss_key] = value * (term.weight * factor)
+            value, parts, *extra = term(targets)
+            scale = term.weight * factor
+            losses[term.loss_key] = value * scale
+            for suffix, extra_value in (extra[0] if extra else {}).items():
+                losses[f"{term.loss_key}_{suffix}"] = extra_value * scale
             name = term.CONFIG_KEY.lower()
             if parts:
                 storage.put_scalars(

@@ -1,0 +1,166 @@
+"""ReviewKD's ABF chain, and every distillation term end to end through the Distiller."""
+
+import pytest
+import torch
+from _tiny import distill_cfg, inputs, write_teacher
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from d2dist.config import ConfigError
+from d2dist.losses import dist_loss
+from d2dist.modeling.adapters import ReviewKDAdapter
+
+
+def _shapes(widths, strides):
+    return {
+        f"p{i}": ShapeSpec(channels=c, stride=s) for i, (c, s) in enumerate(zip(widths, strides), 2)
+    }
+
+
+def test_abf_chain_shapes_order_and_attention():
+    student = _shapes([16, 24, 40], [4, 8, 16])
+    teacher = _shapes([32, 48, 64], [4, 8, 16])
+    chain = ReviewKDAdapter(student, teacher, ["p2", "p3", "p4"], mid_channels=8, norm="")
+    assert chain.order == ["p4", "p3", "p2"]  # deep to shallow
+    assert chain.abfs["p4"].att_conv is None  # the deepest level has no attention
+    assert chain.abfs["p3"].att_conv.out_channels == 2 and chain.abfs["p2"].att_conv is not None
+    feats = {
+        n: torch.randn(2, s.channels, 32 // s.stride * 2, 32 // s.stride * 2)
+        for n, s in student.items()
+    }
+    out = chain(feats)
+    for n in feats:
+        assert out[n].shape == (2, teacher[n].channels, *feats[n].shape[-2:])
+
+
+def test_abf_passes_the_fused_tensor_down_not_the_output():
+    student = _shapes([16, 24], [4, 8])
+    teacher = _shapes([32, 48], [4, 8])
+    chain = ReviewKDAdapter(student, teacher, ["p2", "p3"], mid_channels=8, norm="")
+    returned, received = {}, {}
+    chain.abfs["p3"].register_forward_hook(lambda m, a, o: returned.update(p3=o))
+    chain.abfs["p2"].register_forward_pre_hook(lambda m, a: received.update(p2=a[1]))
+    chain({"p2": torch.randn(1, 16, 16, 16), "p3": torch.randn(1, 24, 8, 8)})
+    output, fused = returned["p3"]
+    assert received["p2"] is fused and fused.shape[1] == 8  # R (mid width), not conv2(R)
+    assert output.shape[1] == 48
+
+
+def test_abf_fusion_formula():
+    """R = z0 * X + z1 * U with two independent sigmoids, U the nearest-resized deeper R."""
+    student = _shapes([4, 4], [4, 8])
+    chain = ReviewKDAdapter(student, _shapes([4, 4], [4, 8]), ["p2", "p3"], 3, norm="")
+    abf = chain.abfs["p2"]
+    x_in, residual = torch.randn(1, 4, 4, 4), torch.randn(1, 3, 2, 2)
+    _, fused = abf(x_in, residual)
+    x = abf.conv1(x_in)
+    u = residual.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    z = torch.sigmoid(abf.att_conv(torch.cat([x, u], dim=1)))
+    torch.testing.assert_close(fused, z[:, :1] * x + z[:, 1:] * u)
+
+
+def _step(model, batch, seed=0):
+    torch.manual_seed(seed)
+    model.train()
+    with EventStorage(0):
+        return model(batch)
+
+
+def _unweighted(model, term, batch, seed=0):
+    torch.manual_seed(seed)
+    with EventStorage(0):
+        with model.extractor.student_recorder() as rec:
+            model.student(batch)
+        return term(model.extractor.extract(batch, rec))[0]
+
+
+CASES = [
+    # (student arch, terms, distill overrides, teacher overrides)
+    ("faster_rcnn", ["ReviewKD"], {"REVIEWKD.MID_CHANNELS": 8, "REVIEWKD.NORM": ""}, {}),
+    ("faster_rcnn", ["DIST"], {}, {}),
+    ("faster_rcnn", ["PKD"], {"PKD.IN_FEATURES": ["p2", "p3", "p4", "p5"]}, {"MODEL__FPN__OUT_CHANNELS": 16}),
+    ("faster_rcnn", ["PKD"], {}, {}),  # other widths: a 1x1-conv adapter
+    ("faster_rcnn", ["CWD"], {}, {}),
+    ("faster_rcnn", ["DIST_FEATURE"], {"DIST_FEATURE.NORMALIZE": "softmax"}, {}),
+    ("retinanet", ["DIST_FEATURE"], {"DIST_FEATURE.IN_FEATURES": ["p3", "p4", "p5", "p6", "p7"]}, {}),
+    ("semantic_fpn", ["DIST_FEATURE"], {"DIST_FEATURE.IN_FEATURES": ["p2", "p3", "p4", "p5"]}, {}),
+    ("retinanet", ["DIST"], {}, {}),
+    ("retinanet", ["DIST"], {"DIST.DENSE_MODE": "anchor"}, {}),
+    ("retinanet", ["ReviewKD", "KD"], {"REVIEWKD.MID_CHANNELS": 8, "REVIEWKD.NORM": "",
+                                       "REVIEWKD.IN_FEATURES": ["p3", "p4", "p5", "p6", "p7"]}, {}),
+    ("semantic_fpn", ["DIST", "CWD"], {"CWD.TARGET": "pixel", "CWD.TAU": 4.0}, {}),
+    ("semantic_fpn", ["DIST"], {"DIST.MASK_IGNORE": True}, {}),
+    ("deeplab_v3", ["DIST"], {}, {}),
+]  # fmt: skip
+
+
+def _build(tmp_path, arch, terms, distill, teacher_overrides, weights=None):
+    teacher = write_teacher(str(tmp_path), arch, **teacher_overrides)
+    cfg = distill_cfg(arch, *teacher, losses=terms)
+    for key, value in distill.items():
+        ns, k = key.split(".")
+        cfg.MODEL.DISTILL[ns][k] = value
+    for name, w in (weights or {}).items():
+        cfg.MODEL.DISTILL[name.upper()].WEIGHT = w  # LOSSES name -> its namespace
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+@pytest.mark.parametrize("arch,terms,distill,teacher", CASES, ids=lambda x: str(x))
+def test_term_end_to_end(tmp_path, arch, terms, distill, teacher):
+    weights = {t: 0.5 + i for i, t in enumerate(terms)}
+    model = _build(tmp_path, arch, terms, distill, teacher, weights)
+    batch = inputs(arch)
+    losses = _step(model, batch)
+    for term in model.terms:
+        value = losses[term.loss_key]
+        assert torch.isfinite(value) and value > 0 and value.dtype == torch.float32
+        expected = weights[term.CONFIG_KEY if term.CONFIG_KEY != "REVIEWKD" else "ReviewKD"]
+        torch.testing.assert_close(value, expected * _unweighted(model, term, batch))
+    model.zero_grad()
+    sum(_step(model, batch).values()).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    for term in model.terms:
+        for name, p in term.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.backbone.parameters()
+    )
+
+
+def test_dist_pixel_mask_ignore_drops_ignored_pixels(tmp_path):
+    model = _build(tmp_path, "semantic_fpn", ["DIST"], {"DIST.MASK_IGNORE": True}, {})
+    term = model.terms[0]
+    batch = inputs("semantic_fpn")
+    for x in batch:
+        x["sem_seg"][:, :32] = 255  # the left half of every image is "ignore"
+    torch.manual_seed(0)
+    with EventStorage(0):
+        with model.extractor.student_recorder() as rec:
+            model.student(batch)
+        targets = model.extractor.extract(batch, rec)
+    s, t = targets.pixel  # (N, C, 16, 16) at stride 4: columns 0-7 are ignored
+    keep_s = s[..., 8:].permute(0, 2, 3, 1).reshape(-1, s.shape[1])
+    keep_t = t[..., 8:].permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    torch.testing.assert_close(term(targets)[0], dist_loss(keep_s, keep_t))
+    assert not torch.allclose(term(targets)[0], dist_loss(s, t))
+
+
+@pytest.mark.parametrize(
+    "arch,terms,distill,teacher,message",
+    [
+        ("faster_rcnn", ["PKD"], {"PKD.ADAPTER": "IdentityAdapter"}, {},
+         r"'p2' has 16 channels in the student and 32 in the teacher"),
+        ("retinanet", ["DIST"], {"DIST.DENSE_MODE": "row"}, {}, r"DENSE_MODE='row'"),
+        ("faster_rcnn", ["DIST"], {"DIST.MASK_IGNORE": True}, {}, r"MASK_IGNORE applies to pixel logits"),
+        ("faster_rcnn", ["CWD"], {"CWD.TARGET": "roi"}, {}, r"CWD.TARGET='roi'"),
+        ("faster_rcnn", ["ReviewKD"], {"REVIEWKD.IN_FEATURES": []}, {}, r"REVIEWKD.IN_FEATURES is empty"),
+        ("faster_rcnn", ["ReviewKD"], {"REVIEWKD.IN_FEATURES": ["p2", "res9"]}, {},
+         r"REVIEWKD.IN_FEATURES names 'res9'"),
+        ("faster_rcnn", ["DIST"], {"DIST.TAU": -1.0}, {}, r"DIST.TAU=-1.0"),
+    ],
+)  # fmt: skip
+def test_term_configuration_errors(tmp_path, arch, terms, distill, teacher, message):
+    with pytest.raises(ConfigError, match=message):
+        _build(tmp_path, arch, terms, distill, teacher)
