@@ -4,24 +4,7 @@ Each function returns an unweighted 0-dim float32 tensor, differentiable in the 
 argument, with the teacher side detached.
 """
 
-from .modeling.losses.functional import (
-    binary_kd_loss,
-    cwd_loss,
-    dist_feature_loss,
-    dist_loss,
-    hcl_loss,
-    kd_loss,
-    mimic_loss,
-    pkd_loss,
-)
+from .modeling.losses import functional as _functional
+from .modeling.losses.functional import *  # noqa: F401,F403
 
-__all__ = [
-    "binary_kd_loss",
-    "cwd_loss",
-    "dist_feature_loss",
-    "dist_loss",
-    "hcl_loss",
-    "kd_loss",
-    "mimic_loss",
-    "pkd_loss",
-]
+__all__ = list(_functional.__all__)

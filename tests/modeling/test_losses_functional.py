@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from _reference import rows, softmax
 
 import d2dist.losses
 from d2dist.modeling.losses import functional
@@ -15,26 +16,7 @@ LOSSES = [kd_loss, binary_kd_loss, mimic_loss]
 # --- naive references: explicit Python loops in float64 -------------------------------------
 
 
-def _rows(x: torch.Tensor) -> list:
-    """(N, C) -> N rows; (N, C, H, W) -> N*H*W rows, each the C values at one location."""
-    x = x.double()
-    if x.dim() == 2:
-        return [[x[i, c].item() for c in range(x.shape[1])] for i in range(x.shape[0])]
-    n, c, h, w = x.shape
-    return [
-        [x[a, k, i, j].item() for k in range(c)]
-        for a in range(n)
-        for i in range(h)
-        for j in range(w)
-    ]
-
-
-def _softmax(row: list, tau: float) -> list:
-    z = [v / tau for v in row]
-    m = max(z)
-    e = [math.exp(v - m) for v in z]
-    total = sum(e)
-    return [v / total for v in e]
+_rows, _softmax = rows, softmax
 
 
 def _kd_ref(s: torch.Tensor, t: torch.Tensor, tau: float) -> float:

@@ -99,12 +99,12 @@ def _feature_adapters(cfg_node, key: str, student, teacher) -> nn.ModuleDict:
     return adapters
 
 
-@register_term("MIMIC")
-class Mimic(DistillTerm):
-    """Feature mimicking (e.g. Romero et al., FitNets, ICLR 2015): MSE between adapted student
-    and teacher features, summed over ``IN_FEATURES``. Config: ``MODEL.DISTILL.MIMIC``."""
+class _AdaptedFeatureTerm(DistillTerm):
+    """A loss per feature level between the adapted student and the teacher, summed over levels.
 
-    CONFIG_KEY = "MIMIC"
+    Subclasses set ``CONFIG_KEY`` (their namespace holds ``WEIGHT``, ``IN_FEATURES``,
+    ``ADAPTER``, ``ADAPTER_NORM``) and :meth:`level_loss`.
+    """
 
     @configurable
     def __init__(self, *, weight: float, adapters: nn.ModuleDict):
@@ -118,18 +118,35 @@ class Mimic(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.MIMIC
-        return {"weight": c.WEIGHT, "adapters": _feature_adapters(c, "MIMIC", student, teacher)}
+        c = cfg.MODEL.DISTILL[cls.CONFIG_KEY]
+        return {
+            "weight": c.WEIGHT,
+            "adapters": _feature_adapters(c, cls.CONFIG_KEY, student, teacher),
+        }
 
     def request(self) -> TargetRequest:
         return TargetRequest(features=tuple(self.adapters.keys()))
+
+    def level_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, targets: Targets):
         parts = {}
         for name, adapter in self.adapters.items():
             s, t = targets.features[name]
-            parts[name] = L.mimic_loss(adapter(s), t)
+            parts[name] = self.level_loss(adapter(s), t)
         return _sum_levels(parts), parts
+
+
+@register_term("MIMIC")
+class Mimic(_AdaptedFeatureTerm):
+    """Feature mimicking (e.g. Romero et al., FitNets, ICLR 2015): MSE between adapted student
+    and teacher features, summed over ``IN_FEATURES``. Config: ``MODEL.DISTILL.MIMIC``."""
+
+    CONFIG_KEY = "MIMIC"
+
+    def level_loss(self, student, teacher):
+        return L.mimic_loss(student, teacher)
 
 
 def resolve_logit_target(value: str, key: str, student: nn.Module) -> str:
@@ -549,7 +566,7 @@ class DISTFeature(_AcclimatedTerm):
 
 
 @register_term("PKD")
-class PKD(DistillTerm):
+class PKD(_AdaptedFeatureTerm):
     """Cao et al., "PKD: General Distillation Framework for Object Detectors via Pearson
     Correlation Coefficient", NeurIPS 2022: per-level MSE of per-channel standardised features,
     summed over levels. The paper pairs FPNs of equal width; for other widths ``ADAPTER: auto``
@@ -558,29 +575,8 @@ class PKD(DistillTerm):
 
     CONFIG_KEY = "PKD"
 
-    @configurable
-    def __init__(self, *, weight: float, adapters: nn.ModuleDict):
-        """
-        Args:
-            weight: the term's weight; adapters: per level, student -> teacher width.
-        """
-        super().__init__(weight=weight)
-        self.adapters = adapters
-
-    @classmethod
-    def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.PKD
-        return {"weight": c.WEIGHT, "adapters": _feature_adapters(c, "PKD", student, teacher)}
-
-    def request(self) -> TargetRequest:
-        return TargetRequest(features=tuple(self.adapters.keys()))
-
-    def forward(self, targets: Targets):
-        parts = {}
-        for name, adapter in self.adapters.items():
-            s, t = targets.features[name]
-            parts[name] = L.pkd_loss(adapter(s), t)
-        return _sum_levels(parts), parts
+    def level_loss(self, student, teacher):
+        return L.pkd_loss(student, teacher)
 
 
 @register_term("CWD")
