@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -82,12 +83,30 @@ def _read_metrics(out: str) -> List[dict]:
 
 
 def _max_iter(out: str) -> Optional[int]:
+    """The run's SOLVER.MAX_ITER from its config.yaml; None until the file is fully written."""
     import yaml
 
     path = os.path.join(out, "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    return int(yaml.safe_load(open(path))["SOLVER"]["MAX_ITER"])
+    try:
+        with open(path) as f:
+            return int(yaml.safe_load(f)["SOLVER"]["MAX_ITER"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError):
+        return None  # not written yet, or being written right now
+
+
+def _training_minutes(out: str) -> float:
+    """The run's training time: the sum of Detectron2's "Total training time" lines in log.txt
+    (one per start or resume of the run), so reused runs report when they were trained."""
+    total = 0.0
+    path = os.path.join(out, "log.txt")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                m = re.search(r"Total training time: (\d+):(\d\d):(\d\d)", line)
+                if m:
+                    h, mi, sec = (int(x) for x in m.groups())
+                    total += h * 60 + mi + sec / 60
+    return total
 
 
 def train(run: Run, out_root: str, opts: List[str], fresh: bool) -> Dict[str, float]:
@@ -112,16 +131,20 @@ def train(run: Run, out_root: str, opts: List[str], fresh: bool) -> Dict[str, fl
     cmd += ["--resume"] if resume else []
     cmd += [*run_opts, *opts, "OUTPUT_DIR", out]
     log_path = os.path.join(out, "stdout.txt")
-    start = time.perf_counter()
     with open(log_path, "a") as log, tqdm(desc=f"{run.name:>8}", unit="it", leave=True) as bar:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        while proc.poll() is None:
-            time.sleep(2)
-            bar.total = bar.total or _max_iter(out)
-            records = [r for r in _read_metrics(out) if "iteration" in r]
-            if records:
-                bar.n = min(records[-1]["iteration"] + 1, bar.total or float("inf"))
-                bar.refresh()
+        try:
+            while proc.poll() is None:
+                time.sleep(2)
+                bar.total = bar.total or _max_iter(out)
+                records = [r for r in _read_metrics(out) if "iteration" in r]
+                if records:
+                    bar.n = min(records[-1]["iteration"] + 1, bar.total or float("inf"))
+                    bar.refresh()
+        finally:  # never leave a training run behind (Ctrl-C, or an error here)
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
     if proc.returncode != 0:
         tail = open(log_path).read().splitlines()[-30:]
         sys.exit(
@@ -135,7 +158,7 @@ def train(run: Run, out_root: str, opts: List[str], fresh: bool) -> Dict[str, fl
         sys.exit(f"demo: run {run.name!r} finished without COCO results in {out}/metrics.json")
     final = results[-1]
     return {
-        "time_min": (time.perf_counter() - start) / 60,
+        "time_min": _training_minutes(out),
         **{
             f"{task}/{m}": final[f"{task}/{m}"]
             for task in ("bbox", "segm")
@@ -174,7 +197,9 @@ def main(argv=None) -> None:
                 + [f"{res['time_min']:.1f}"]
             )
     print()
-    print(tabulate(rows, headers=["run", "config", "task", *METRICS, "minutes"], tablefmt="github"))
+    print(
+        tabulate(rows, headers=["run", "config", "task", *METRICS, "train min"], tablefmt="github")
+    )
     print(f"\nRuns, logs and checkpoints: {args.output_dir}")
 
 

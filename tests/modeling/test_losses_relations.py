@@ -741,3 +741,23 @@ def test_empty_batch_gives_zero(fn, shape):
     loss = fn(s, torch.zeros(shape))
     assert loss.item() == 0.0 and loss.dtype == torch.float32
     loss.backward()
+
+
+def test_every_loss_is_float32_under_autocast_and_finite_on_1x1_levels():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    one = torch.randn(1, 8, 1, 1, generator=g), torch.randn(1, 8, 1, 1, generator=g)  # a 1x1 level
+    calls = {
+        "kd_loss": lambda: d2dist.losses.kd_loss(*logits),
+        "dist_loss": lambda: dist_loss(*logits),
+        "dist_feature_loss": lambda: dist_feature_loss(*one),
+        "pkd_loss": lambda: pkd_loss(*one),
+        "cwd_loss": lambda: cwd_loss(*one),
+        "hcl_loss": lambda: hcl_loss([one[0]], [one[1]]),
+        "mimic_loss": lambda: d2dist.losses.mimic_loss(*one),
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for name, call in calls.items():
+            value = call()
+            assert value.dtype == torch.float32 and value.dim() == 0, name
+            assert torch.isfinite(value), name
