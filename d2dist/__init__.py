@@ -11,8 +11,10 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "Detectron2 yourself: https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
     ) from e
 
-from . import data  # noqa: F401,E402  registers the built-in datasets
-from . import modeling  # noqa: F401,E402  registers Distiller, FCOS and the distillation terms
+from . import (
+    data,  # noqa: F401,E402  registers the built-in datasets
+    modeling,  # noqa: F401,E402  registers Distiller, FCOS and the distillation terms
+)
 from .config import add_distill_config, get_cfg  # noqa: E402
 
 __all__ = ["__version__", "add_distill_config", "get_cfg"]

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from _reference import rows, softmax
 import torch.nn.functional as F
+from _reference import rows, softmax
 
 import d2dist.losses
 from d2dist.modeling.losses import functional
