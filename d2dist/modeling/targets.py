@@ -190,13 +190,15 @@ class TargetExtractor:
         inputs: List[str] = []
         if request.features:
             outputs.append("backbone")
+        # one box predictor per (Cascade) stage
+        n = _num_stages(student) if "roi" in request.logits else 0
+        self._roi_paths = (
+            ["roi_heads.box_predictor"]
+            if n == 1
+            else [f"roi_heads.box_predictor.{k}" for k in range(n)]
+        )
         if "roi" in request.logits:
-            n = _num_stages(student)
-            outputs += (
-                ["roi_heads.box_predictor"]
-                if n == 1
-                else [f"roi_heads.box_predictor.{k}" for k in range(n)]
-            )
+            outputs += self._roi_paths
             inputs.append("roi_heads.box_pooler")
         if "dense" in request.logits:
             outputs.append("head")
@@ -286,13 +288,7 @@ class TargetExtractor:
                     s_feats[name], t_out["features"][name].float()
                 )
         if "roi" in req.logits:
-            n = _num_stages(self.student)
-            paths = (
-                ["roi_heads.box_predictor"]
-                if n == 1
-                else [f"roi_heads.box_predictor.{k}" for k in range(n)]
-            )
-            s_logits = torch.cat([student_rec.output(p)[0] for p in paths])
+            s_logits = torch.cat([student_rec.output(p)[0] for p in self._roi_paths])
             targets.roi = (s_logits, t_out["roi"].float())
         if "dense" in req.logits:
             s_levels = student_rec.output("head")[0]
