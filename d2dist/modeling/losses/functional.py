@@ -136,8 +136,6 @@ def dist_loss(
     ``detach_teacher=False`` lets gradients reach a trainable teacher-side map (acclimation).
     """
     s, t = _logit_rows(student_logits, teacher_logits, tau, "dist_loss", detach_teacher)
-    if s.shape[0] == 0:
-        return s.sum() * 0.0
     p_s, p_t = F.softmax(s / tau, dim=1), F.softmax(t / tau, dim=1)
     return relation_loss(p_s, p_t, beta, gamma) * tau**2
 
@@ -167,12 +165,9 @@ def dist_feature_loss(
             f"dist_feature_loss: features must be (N, C, H, W), got {tuple(student_feat.shape)}"
         )
     s, t = _logit_rows(student_feat, teacher_feat, tau, "dist_feature_loss", detach_teacher)
-    if s.shape[0] == 0:
-        return s.sum() * 0.0
-    if normalize == "none":
-        return relation_loss(s, t, beta, gamma)
-    p_s, p_t = F.softmax(s / tau, dim=1), F.softmax(t / tau, dim=1)
-    return relation_loss(p_s, p_t, beta, gamma) * tau**2
+    if normalize == "softmax":  # DIST on the (N*H*W, C) rows
+        return dist_loss(s, t, beta, gamma, tau, detach_teacher=detach_teacher)
+    return relation_loss(s, t, beta, gamma)
 
 
 def pkd_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:

@@ -81,6 +81,11 @@ class DistillTerm(nn.Module):
         raise NotImplementedError
 
 
+def _check_tau(tau: float, key: str) -> None:
+    if not tau > 0:
+        raise ConfigError(f"MODEL.DISTILL.{key}.TAU={tau}; the temperature must be > 0")
+
+
 def _sum_levels(parts: Dict[str, Tensor]) -> Tensor:
     return torch.stack(list(parts.values())).sum()
 
@@ -182,8 +187,7 @@ class KD(DistillTerm):
             target: "roi", "dense" or "pixel".
         """
         super().__init__(weight=weight)
-        if tau <= 0:
-            raise ConfigError(f"MODEL.DISTILL.KD.TAU={tau}; the temperature must be > 0")
+        _check_tau(tau, "KD")
         self.tau, self.target = float(tau), target
 
     @classmethod
@@ -275,10 +279,12 @@ class _AcclimatedTerm(DistillTerm):
                 return module(t), True
         return module(t), False
 
-    def _extra(self, phase: str, modules) -> Dict[str, Tensor]:
+    def _extra(self, phase: str) -> Dict[str, Tensor]:
+        """The anchor loss while acclimation trains, else nothing."""
         if phase != "train":
             return {}
-        penalty = torch.stack([m.penalty() for m in modules]).sum()
+        maps = [m for m in self.acclimation.modules() if hasattr(m, "penalty")]
+        penalty = torch.stack([m.penalty() for m in maps]).sum()
         return {"acclimation_anchor": penalty * self.acclimation_lambda}
 
 
@@ -413,8 +419,7 @@ class DIST(_AcclimatedTerm):
             acclimation_schedule=acclimation_schedule,
             acclimation_lambda=acclimation_lambda,
         )
-        if tau <= 0:
-            raise ConfigError(f"MODEL.DISTILL.DIST.TAU={tau}; the temperature must be > 0")
+        _check_tau(tau, "DIST")
         if dense_mode not in ("location", "anchor"):
             raise ConfigError(
                 f"MODEL.DISTILL.DIST.DENSE_MODE={dense_mode!r}; expected 'location' or 'anchor'"
@@ -451,7 +456,7 @@ class DIST(_AcclimatedTerm):
 
     def forward(self, targets: Targets):
         phase = self._phase()
-        extra = self._extra(phase, [self.acclimation]) if phase == "train" else {}
+        extra = self._extra(phase)
         kw = {"beta": self.beta, "gamma": self.gamma, "tau": self.tau}
         if self.target == "roi":
             s, t = targets.roi
@@ -522,8 +527,7 @@ class DISTFeature(_AcclimatedTerm):
             raise ConfigError(
                 f"MODEL.DISTILL.DIST_FEATURE.NORMALIZE={normalize!r}; expected 'none' or 'softmax'"
             )
-        if tau <= 0:
-            raise ConfigError(f"MODEL.DISTILL.DIST_FEATURE.TAU={tau}; the temperature must be > 0")
+        _check_tau(tau, "DIST_FEATURE")
         self.adapters = adapters
         self.beta, self.gamma, self.tau, self.normalize = beta, gamma, tau, normalize
 
@@ -561,7 +565,7 @@ class DISTFeature(_AcclimatedTerm):
                 adapter(s), t, self.beta, self.gamma, self.tau, self.normalize,
                 detach_teacher=detach,
             )  # fmt: skip
-        extra = self._extra(phase, list(self.acclimation.values())) if phase == "train" else {}
+        extra = self._extra(phase)
         return _sum_levels(parts), parts, extra
 
 
@@ -598,8 +602,7 @@ class CWD(DistillTerm):
             target: "features" or "pixel"; adapters: per level (features target).
         """
         super().__init__(weight=weight)
-        if tau <= 0:
-            raise ConfigError(f"MODEL.DISTILL.CWD.TAU={tau}; the temperature must be > 0")
+        _check_tau(tau, "CWD")
         self.tau, self.target, self.adapters = float(tau), target, adapters
 
     @classmethod
