@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.d2dist-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test env clean-env
+.PHONY: demo study test env clean-env
 .DELETE_ON_ERROR:
 
 # The stamp is remade (and pip re-run) only when the dependency files change.
@@ -16,6 +16,10 @@ env: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# The seeded accuracy study (about an hour on 2 cores): writes docs/results.md and its charts.
+study: $(STAMP)
+	$(PY) tools/study.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

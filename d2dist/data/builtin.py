@@ -25,7 +25,17 @@ from .shapes import CLASSES, SPLITS, ShapesSpec, generate_shapes
 __all__ = ["BUILTIN_SHAPES", "ensure_generated", "register_all_shapes", "register_shapes"]
 
 BUILTIN_SHAPES: Dict[str, ShapesSpec] = {
-    "d2dist_shapes": ShapesSpec(),
+    # Sized for from-scratch training on a CPU in minutes (see configs/Shapes-Detection/).
+    "d2dist_shapes": ShapesSpec(
+        image_size=64,
+        min_objects=1,
+        max_objects=3,
+        min_size=16,
+        max_size=40,
+        distractors=2,
+        lines=2,
+        textured=False,
+    ),
     "d2dist_shapes_tiny": ShapesSpec(
         image_size=64,
         num_train=16,

@@ -73,6 +73,9 @@ class ShapesSpec:
             that are none of the classes) in the background of an image.
         min_visible: each annotated object keeps at least this fraction of its full area visible,
             after truncation by the image border and occlusion by later objects.
+        textured: paint objects with random textures (solid, stripes, checker, noise, gradient);
+            False paints each object in one solid colour (an easier dataset).
+        lines: at most this many lines and curves drawn across the background.
         jpeg_quality: JPEG quality of the images (1-100).
         seed: base seed; splits and images get their own streams derived from it.
     """
@@ -87,6 +90,8 @@ class ShapesSpec:
     max_aspect: float = 1.6
     distractors: int = 6
     min_visible: float = 0.5
+    textured: bool = True
+    lines: int = 5
     jpeg_quality: int = 90
     seed: int = 0
 
@@ -97,6 +102,12 @@ class ShapesSpec:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValueError(f"ShapesSpec.{field.name} must be a number, got {value!r}")
                 object.__setattr__(self, field.name, float(value))
+            elif field.type in (bool, "bool"):
+                if not isinstance(value, (bool, np.bool_)):
+                    raise ValueError(
+                        f"ShapesSpec.{field.name} must be True or False, got {value!r}"
+                    )
+                object.__setattr__(self, field.name, bool(value))
             elif isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"ShapesSpec.{field.name} must be an integer, got {value!r}")
             else:
@@ -125,6 +136,7 @@ class ShapesSpec:
         )
         check("max_aspect", 1.0 <= self.max_aspect <= 10.0, "in [1, 10]")
         check("distractors", self.distractors >= 0, ">= 0")
+        check("lines", self.lines >= 0, ">= 0")
         check("min_visible", 0.0 < self.min_visible <= 1.0, "in (0, 1]")
         check("jpeg_quality", 1 <= self.jpeg_quality <= 100, "in [1, 100]")
         check("seed", self.seed >= 0, ">= 0")
@@ -264,9 +276,13 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.where(t[..., None], c1, c2)
 
 
-def _paint(image: np.ndarray, rng: np.random.Generator, y0, y1, x0, x1, mask) -> None:
-    """Paint a random texture into ``image[y0:y1, x0:x1]`` where ``mask``."""
-    tex = _texture(rng, y1 - y0, x1 - x0)
+def _paint(image: np.ndarray, rng: np.random.Generator, y0, y1, x0, x1, mask, solid=False):
+    """Paint a random texture (or, if ``solid``, colour) into ``image[y0:y1, x0:x1]`` where
+    ``mask``."""
+    if solid:
+        tex = np.broadcast_to(_random_colour(rng), (y1 - y0, x1 - x0, 3))
+    else:
+        tex = _texture(rng, y1 - y0, x1 - x0)
     crop = image[y0:y1, x0:x1]
     crop[mask] = np.clip(tex[mask], 0, 255)
 
@@ -279,7 +295,7 @@ def _background(rng: np.random.Generator, spec: ShapesSpec) -> np.ndarray:
     image = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
     image = np.clip(image, 0, 255).astype(np.uint8)
 
-    for _ in range(int(rng.integers(2, 6))):  # lines and quadratic Bezier curves
+    for _ in range(int(rng.integers(min(2, spec.lines), spec.lines + 1))):  # lines and curves
         colour = _random_colour(rng).tolist()
         thickness = int(rng.integers(1, 3))
         p = rng.uniform(-0.1 * size, 1.1 * size, (3, 2))
@@ -379,7 +395,7 @@ def render_image(
             boxes.append((y0, y1, x0, x1))
             visible.append(own)
             needed.append(spec.min_visible * full)
-            _paint(image, rng, *placed)
+            _paint(image, rng, *placed, solid=not spec.textured)
             break
 
     amplitude = int(rng.integers(3, 13))  # low-amplitude (uniform) sensor noise over everything

@@ -1,6 +1,7 @@
 """Tests of the synthetic shapes dataset: generator, files on disk, registration, CLI."""
 
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -70,6 +71,8 @@ def decode(ann: dict, height: int, width: int) -> np.ndarray:
         (dict(max_aspect=0.5), r"max_aspect=0.5 .*\[1, 10\]"),
         (dict(jpeg_quality=101), r"jpeg_quality=101"),
         (dict(num_val=2.5), r"num_val must be an integer"),
+        (dict(lines=-1), r"lines=-1 .*>= 0"),
+        (dict(textured=1), r"textured must be True or False"),
     ],
 )
 def test_spec_validation(kwargs, match):
@@ -121,6 +124,33 @@ def test_render_image_is_reproducible_alone():
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert a[2] == b[2]
+
+
+def test_untextured_objects_are_one_colour_and_lines_can_be_turned_off():
+    plain = dataclasses.replace(SMALL, min_objects=1, max_objects=1, textured=False, lines=0)
+    found = 0
+    for index in range(6):
+        image, label, objects = shapes.render_image(plain, 0, index)
+        if objects:
+            found += 1
+            pixels = image[label > 0].astype(int)
+            # one colour, plus the low-amplitude sensor noise (at most +-12 per channel)
+            assert (pixels.max(0) - pixels.min(0) <= 24).all()
+    assert found >= 4
+    textured = dataclasses.replace(plain, textured=True)
+    ranges = [
+        np.ptp(img[lab > 0].astype(int), axis=0).max()
+        for img, lab, objs in (shapes.render_image(textured, 0, i) for i in range(6))
+        if objs
+    ]
+    assert max(ranges) > 24  # textures vary inside an object
+
+
+def test_default_spec_renders_generator_version_1_images():
+    """The knobs added later (textured, lines) leave the default images byte-identical."""
+    image = shapes.render_image(ShapesSpec(), 1, 7)[0]
+    digest = hashlib.sha256(image.tobytes()).hexdigest()
+    assert digest == "65280474a4e9840259d49ceef9b290609cf876b0c3442565ddbf865690a9091d"
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

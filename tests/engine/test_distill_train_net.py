@@ -15,7 +15,7 @@ from d2dist.engine import DistillTrainer, Trainer, export_student
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
-TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_2x.yaml")
+TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
 DISTILL_CFG = os.path.join(CONFIGS, "mimic_faster_rcnn_R18_from_R50_FPN_1x.yaml")
 
 DATA = [
