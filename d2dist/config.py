@@ -37,6 +37,9 @@ def add_distill_config(cfg: CN) -> None:
     d.TEACHER.OPTS = []
     # Run the teacher under torch.autocast with this dtype: "", "bfloat16" or "float16".
     d.TEACHER.AUTOCAST = ""
+    # Run the teacher in channels_last memory format (its weights and input images); often
+    # faster for convolutions on recent GPUs, especially with AUTOCAST. Results are unchanged.
+    d.TEACHER.CHANNELS_LAST = False
 
     # Distillation terms, by name in d2dist's DISTILL_LOSS_REGISTRY; each is configured by the
     # namespace of the same name below.

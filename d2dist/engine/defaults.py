@@ -15,7 +15,7 @@ from detectron2.engine import default_setup, launch
 from ..config import ConfigError, get_cfg
 from .trainer import trainer_class
 
-__all__ = ["setup", "train_or_eval", "launch_cli"]
+__all__ = ["load_config", "setup", "train_or_eval", "launch_cli"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,24 +84,34 @@ def _check_output_dir(cfg: CfgNode, resume: bool, training: bool) -> None:
         )
 
 
+def load_config(config_file: str, opts: Sequence[str], *, training: bool = True) -> CfgNode:
+    """The validated (not frozen) config of ``config_file`` with ``KEY VALUE`` overrides ``opts``.
+
+    Checks the file, the keys, the datasets (the training sets too if ``training``) and resolves
+    ``MODEL.DEVICE``; every problem is a :class:`ConfigError` that says how to fix it.
+    """
+    if not config_file:
+        raise ConfigError("--config-file is required: the YAML config of the model to train.")
+    if not os.path.isfile(config_file):
+        raise ConfigError(
+            f"--config-file {config_file!r} does not exist (working directory: "
+            f"{os.getcwd()}). Configs that ship with d2dist are under configs/."
+        )
+    cfg = get_cfg()
+    _merge(cfg, cfg.merge_from_file, config_file, f"config file {config_file!r}")
+    _merge(cfg, cfg.merge_from_list, opts, "command-line overrides")
+    _resolve_device(cfg, opts)
+    _check_datasets(cfg, training=training)
+    return cfg
+
+
 def setup(args) -> CfgNode:
     """Build, validate and freeze the config of a ``train_net.py`` run, then set up logging.
 
     Args:
         args: parsed ``detectron2.engine.default_argument_parser()`` arguments.
     """
-    if not args.config_file:
-        raise ConfigError("--config-file is required: the YAML config of the model to train.")
-    if not os.path.isfile(args.config_file):
-        raise ConfigError(
-            f"--config-file {args.config_file!r} does not exist (working directory: "
-            f"{os.getcwd()}). Configs that ship with d2dist are under configs/."
-        )
-    cfg = get_cfg()
-    _merge(cfg, cfg.merge_from_file, args.config_file, f"config file {args.config_file!r}")
-    _merge(cfg, cfg.merge_from_list, args.opts, "command-line overrides")
-    _resolve_device(cfg, args.opts)
-    _check_datasets(cfg, training=not args.eval_only)
+    cfg = load_config(args.config_file, args.opts, training=not args.eval_only)
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
         raise ConfigError(
             "--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model_final.pth, or "

@@ -140,6 +140,8 @@ class TargetExtractor:
         request: the union of the terms' requests.
         input_format: the student's ``INPUT.FORMAT``; ``teacher_format`` the teacher's.
         autocast: "", "bfloat16" or "float16" for the teacher's forward.
+        channels_last: convert the teacher's weights, and its input images at each step, to the
+            channels_last memory format (the teacher's outputs are made contiguous again).
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class TargetExtractor:
         input_format: str,
         teacher_format: str,
         autocast: str = "",
+        channels_last: bool = False,
     ):
         self.student, self.teacher, self.request = student, teacher, request
         formats = {input_format, teacher_format}
@@ -165,6 +168,13 @@ class TargetExtractor:
                 f"MODEL.DISTILL.TEACHER.AUTOCAST={autocast!r}; expected '', 'bfloat16' or 'float16'"
             )
         self.autocast = autocast
+        if not isinstance(channels_last, bool):
+            raise ConfigError(
+                f"MODEL.DISTILL.TEACHER.CHANNELS_LAST={channels_last!r}; expected True or False"
+            )
+        self.channels_last = channels_last
+        if channels_last:
+            teacher.to(memory_format=torch.channels_last)
 
         check_feature_names(request.features, student, teacher, "a term's IN_FEATURES")
         for target in request.logits:
@@ -248,11 +258,19 @@ class TargetExtractor:
         )
 
     @torch.no_grad()
-    def _teacher(self, batched_inputs, student_rec: Recorder) -> dict:
+    def teacher_forward(self, batched_inputs: Sequence[dict], student_rec: Recorder) -> dict:
+        """The teacher parts the request needs, on the step's images (and the student's RoIs).
+
+        Returns the teacher's raw outputs by kind (``features``, ``roi``, ``dense``, ``pixel``),
+        for :meth:`pair`.
+        """
         t, req = self.teacher, self.request
         out = {}
         with self._autocast():
-            feats = t.backbone(self.teacher_images(batched_inputs).tensor)
+            images = self.teacher_images(batched_inputs).tensor
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            feats = t.backbone(images)
             out["features"] = feats
             if "roi" in req.logits:
                 heads = t.roi_heads
@@ -278,14 +296,19 @@ class TargetExtractor:
 
     def extract(self, batched_inputs: Sequence[dict], student_rec: Recorder) -> Targets:
         """Run the teacher parts and pair its tensors with the recorded student tensors."""
-        t_out = self._teacher(batched_inputs, student_rec)
+        return self.pair(
+            batched_inputs, student_rec, self.teacher_forward(batched_inputs, student_rec)
+        )
+
+    def pair(self, batched_inputs: Sequence[dict], student_rec: Recorder, t_out: dict) -> Targets:
+        """Pair the recorded student tensors with :meth:`teacher_forward`'s outputs."""
         targets = Targets(batched_inputs=batched_inputs)
         req = self.request
         if req.features:
             s_feats = student_rec.output("backbone")
             for name in req.features:
                 targets.features[name] = _crop_to_common(
-                    s_feats[name], t_out["features"][name].float()
+                    s_feats[name], t_out["features"][name].float().contiguous()
                 )
         if "roi" in req.logits:
             s_logits = torch.cat([student_rec.output(p)[0] for p in self._roi_paths])
@@ -293,10 +316,10 @@ class TargetExtractor:
         if "dense" in req.logits:
             s_levels = student_rec.output("head")[0]
             for name, s, t in zip(self.student.head_in_features, s_levels, t_out["dense"]):
-                targets.dense[name] = _crop_to_common(s, t.float())
+                targets.dense[name] = _crop_to_common(s, t.float().contiguous())
         if "pixel" in req.logits:
             s = student_rec.output("sem_seg_head.predictor")
-            t = t_out["pixel"].float()
+            t = t_out["pixel"].float().contiguous()
             if t.shape[-2:] != s.shape[-2:]:
                 t = F.interpolate(t, size=s.shape[-2:], mode="bilinear", align_corners=False)
             targets.pixel = (s, t)

@@ -64,6 +64,8 @@ def _cases(tmp_path, teacher):
         ("teacher format unsupported", dict(TEACHER__CONFIG_FILE=str(tmp_path / "gray.yaml")),
          r"teacher INPUT.FORMAT='L': d2dist converts only between 'RGB' and 'BGR'"),
         ("autocast unknown", dict(TEACHER__AUTOCAST="float8"), r"AUTOCAST='float8'; expected"),
+        ("channels_last not a bool", dict(TEACHER__CHANNELS_LAST="yes"),
+         r"CHANNELS_LAST='yes'; expected True or False"),
         ("no terms", dict(LOSSES=[]), r"MODEL.DISTILL.LOSSES is empty"),
         ("term twice", dict(LOSSES=["KD", "KD"]), r"names a term twice"),
         ("unknown term", dict(LOSSES=["MIMIC", "DISTX"]),
@@ -190,6 +192,20 @@ def test_teacher_autocast_bfloat16(tmp_path, rcnn_teacher):
     assert rec.output("backbone")["p2"].dtype == torch.bfloat16
     assert losses["loss_distill_mimic"].dtype == torch.float32
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_teacher_channels_last_gives_the_same_losses(tmp_path, rcnn_teacher):
+    batch = inputs("faster_rcnn")
+    losses = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)  # the same student and adapters
+        model = build_model(_cfg(rcnn_teacher, TEACHER__CHANNELS_LAST=channels_last))
+        conv = model.teacher.backbone.bottom_up.stem.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        torch.manual_seed(0)
+        losses[channels_last] = _train_step(model, batch)
+    for key in ("loss_distill_mimic", "loss_distill_kd"):
+        torch.testing.assert_close(losses[True][key], losses[False][key], rtol=1e-4, atol=1e-6)
 
 
 def test_weight_schedule_warms_up_and_stops(tmp_path, rcnn_teacher):

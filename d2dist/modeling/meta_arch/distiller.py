@@ -47,6 +47,7 @@ class Distiller(nn.Module):
         warmup_iters: int = 0,
         stop_iter: int = -1,
         teacher_autocast: str = "",
+        teacher_channels_last: bool = False,
     ):
         """
         Args:
@@ -58,6 +59,7 @@ class Distiller(nn.Module):
             warmup_iters: the terms' weights rise linearly from 0 over this many iterations.
             stop_iter: from this iteration on the terms are off (-1: never).
             teacher_autocast: "", "bfloat16" or "float16": the teacher's autocast dtype.
+            teacher_channels_last: run the teacher in channels_last memory format.
         """
         super().__init__()
         if not terms:
@@ -85,6 +87,7 @@ class Distiller(nn.Module):
             input_format=input_format,
             teacher_format=teacher_input_format,
             autocast=teacher_autocast,
+            channels_last=teacher_channels_last,
         )
 
     @classmethod
@@ -105,6 +108,7 @@ class Distiller(nn.Module):
             "warmup_iters": d.WEIGHT_SCHEDULE.WARMUP_ITERS,
             "stop_iter": d.WEIGHT_SCHEDULE.STOP_ITER,
             "teacher_autocast": d.TEACHER.AUTOCAST,
+            "teacher_channels_last": d.TEACHER.CHANNELS_LAST,
         }
 
     def _apply(self, fn, *args, **kwargs):
@@ -140,6 +144,7 @@ class Distiller(nn.Module):
             student_losses = self.student(batched_inputs)
         losses = self._student_losses(student_losses)
         targets = self.extractor.extract(batched_inputs, recorder)
+        scalars = {}
         for term in self.terms:
             value, parts, *extra = term(targets)
             scale = term.weight * factor
@@ -147,11 +152,10 @@ class Distiller(nn.Module):
             for suffix, extra_value in (extra[0] if extra else {}).items():
                 losses[f"{term.loss_key}_{suffix}"] = extra_value * scale
             name = term.CONFIG_KEY.lower()
-            if parts:
-                storage.put_scalars(
-                    **{f"distill/{name}/{k}": v.detach() for k, v in parts.items()},
-                    smoothing_hint=True,
-                )
+            scalars.update({f"distill/{name}/{k}": v for k, v in parts.items()})
+        if scalars:  # one device-to-host copy for all levels of all terms, not one per value
+            values = torch.stack([v.detach().float() for v in scalars.values()]).tolist()
+            storage.put_scalars(**dict(zip(scalars, values)), smoothing_hint=True)
         if self.warmup_iters > 0 or self.stop_iter >= 0:
             storage.put_scalar("distill/weight_factor", factor, smoothing_hint=False)
         return losses

@@ -1,0 +1,244 @@
+"""Step-cost benchmark of a Distiller config: what distillation costs, part by part.
+
+For one config, on the same prefetched batches (data loading is excluded), each measured iteration
+times, in this order:
+
+- ``student_step``: the student's plain training step (forward, backward, optimizer step over the
+  student's parameters);
+- ``teacher_forward``: :meth:`TargetExtractor.teacher_forward`, the teacher parts the terms need,
+  under ``no_grad`` and the configured autocast (the student RoIs it needs are recorded by an
+  untimed forward);
+- ``method_step``: every term's forward and backward on the recorded student tensors (detached
+  leaves, so no student backward is included) and teacher tensors, then an optimizer step over
+  the terms' own parameters (adapters, ABF, acclimation): the cost of the method itself;
+- ``distill_step``: the full Distiller training step, as the trainer runs it.
+
+``overhead_ratio = distill_step / (student_step + teacher_forward + method_step)`` (medians) is
+what the framework adds above that floor; ``distill_over_student`` is the price per step a user
+pays over training the student alone.
+"""
+
+import logging
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import torch
+from detectron2.solver import build_optimizer
+from detectron2.utils.events import EventStorage
+
+from ..config import ConfigError
+from ..modeling.targets import Targets
+from .trainer import DistillTrainer
+
+__all__ = ["PHASES", "BenchmarkResult", "PeakMemory", "benchmark", "machine_description"]
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("student_step", "teacher_forward", "method_step", "distill_step")
+
+
+class PeakMemory:
+    """Peak memory of a code region, in MiB: CUDA max allocated, or the process's peak RSS.
+
+    On Linux the RSS peak (``VmHWM``) is reset at :meth:`reset` through ``/proc/self/clear_refs``,
+    so each region gets its own peak. Where that is not possible the process-wide peak since start
+    is reported and :attr:`per_region` is False.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.per_region = self.cuda or self._can_reset_rss()
+
+    @staticmethod
+    def _can_reset_rss() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return PeakMemory._vm_hwm_kib() is not None
+        except OSError:
+            return False
+
+    @staticmethod
+    def _vm_hwm_kib():
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.per_region:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+
+    def peak_mib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.per_region:
+            return self._vm_hwm_kib() / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@dataclass
+class BenchmarkResult:
+    """Per-iteration seconds of each phase and term, and each phase's peak memory (MiB)."""
+
+    times: Dict[str, List[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    term_times: Dict[str, List[float]] = field(default_factory=dict)
+    peak_mib: Dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
+    memory_per_phase: bool = True
+
+    def median(self, phase: str) -> float:
+        return statistics.median(self.times[phase])
+
+    def summary(self) -> dict:
+        """The JSON object of ``tools/benchmark.py --json``: medians in seconds, ratios, MiB."""
+        floor = sum(self.median(p) for p in PHASES[:3])
+        distill = self.median("distill_step")
+        return {
+            **{f"{p}_s": self.median(p) for p in PHASES},
+            "overhead_ratio": distill / floor,
+            "distill_over_student": distill / self.median("student_step"),
+            "peak_memory_mib": dict(self.peak_mib),
+            "term_step_s": {k: statistics.median(v) for k, v in self.term_times.items()},
+        }
+
+
+def _leaf(pair):
+    s, t = pair
+    return s.detach().requires_grad_(True), t
+
+
+def _leaf_targets(targets: Targets) -> Targets:
+    """The targets with each student tensor replaced by a detached leaf that requires grad."""
+    return Targets(
+        features={k: _leaf(v) for k, v in targets.features.items()},
+        roi=_leaf(targets.roi) if targets.roi is not None else None,
+        dense={k: _leaf(v) for k, v in targets.dense.items()},
+        pixel=_leaf(targets.pixel) if targets.pixel is not None else None,
+        batched_inputs=targets.batched_inputs,
+    )
+
+
+def _optimizer(cfg, module: torch.nn.Module):
+    if not any(p.requires_grad for p in module.parameters()):
+        return None
+    return build_optimizer(cfg, module)
+
+
+def benchmark(cfg, *, iters: int, warmup: int, progress: Callable = None) -> BenchmarkResult:
+    """Measure the four phases (see the module docstring) of ``cfg``'s Distiller.
+
+    Args:
+        cfg: a validated Distiller config (``MODEL.META_ARCHITECTURE: "Distiller"``).
+        iters: measured iterations; warmup: unmeasured iterations before them.
+        progress: optional callable, called once per iteration with its index.
+    """
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        raise ConfigError(
+            f"the benchmark measures distillation, but MODEL.META_ARCHITECTURE is "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}; pass a config with META_ARCHITECTURE 'Distiller' "
+            "(e.g. configs/Shapes-Detection/reviewkd_faster_rcnn_R18_from_R50_FPN_1x.yaml)."
+        )
+    if iters < 1 or warmup < 0:
+        raise ConfigError(f"--iters must be >= 1 and --warmup >= 0; got {iters} and {warmup}.")
+    model = DistillTrainer.build_model(cfg)
+    model.train()
+    device = model.device
+    full_opt = build_optimizer(cfg, model)
+    student_opt = build_optimizer(cfg, model.student)
+    method_opt = _optimizer(cfg, model.terms)
+    # The step at which every term is on with weight factor 1 (after warm-up).
+    iteration = model.warmup_iters
+    if model.schedule_factor(iteration) == 0.0:
+        raise ConfigError(
+            f"MODEL.DISTILL.WEIGHT_SCHEDULE switches the terms off at iteration {iteration} "
+            f"(STOP_ITER={model.stop_iter}): there is no distillation step to measure."
+        )
+
+    loader = iter(DistillTrainer.build_train_loader(cfg))
+    batches = [next(loader) for _ in range(warmup + iters)]
+    del loader  # stops the data-loading workers
+
+    memory = PeakMemory(device)
+    result = BenchmarkResult(memory_per_phase=memory.per_region)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(phase: str, measure: bool, fn: Callable, *args):
+        memory.reset()
+        sync()
+        start = time.perf_counter()
+        out = fn(*args)
+        sync()
+        if measure:
+            result.times[phase].append(time.perf_counter() - start)
+            result.peak_mib[phase] = max(result.peak_mib[phase], memory.peak_mib())
+        return out
+
+    def train_step(module, optimizer, batch):
+        loss = sum(module(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def method_step(targets: Targets, measure: bool):
+        for term in model.terms:
+            start = time.perf_counter()
+            value, _, *extra = term(targets)
+            loss = value * term.weight
+            for extra_value in (extra[0] if extra else {}).values():
+                loss = loss + extra_value * term.weight
+            loss.backward()
+            sync()
+            if measure:
+                result.term_times.setdefault(term.CONFIG_KEY, []).append(
+                    time.perf_counter() - start
+                )
+        if method_opt is not None:
+            method_opt.step()
+            method_opt.zero_grad()
+
+    extractor = model.extractor
+    with EventStorage(iteration) as storage:
+        for i, batch in enumerate(batches):
+            measure = i >= warmup
+            storage.iter = iteration
+            timed("student_step", measure, train_step, model.student, student_opt, batch)
+            with torch.no_grad(), extractor.student_recorder() as recorder:
+                model.student(batch)
+            t_out = timed("teacher_forward", measure, extractor.teacher_forward, batch, recorder)
+            targets = _leaf_targets(extractor.pair(batch, recorder, t_out))
+            timed("method_step", measure, method_step, targets, measure)
+            del targets, t_out, recorder  # free them before the full step
+            timed("distill_step", measure, train_step, model, full_opt, batch)
+            if progress is not None:
+                progress(i)
+    logger.info("benchmark done: %d warm-up and %d measured iterations", warmup, iters)
+    return result
+
+
+def machine_description(device: torch.device) -> str:
+    """One line naming the hardware and software the numbers were measured on."""
+    import platform
+
+    if device.type == "cuda":
+        hw = torch.cuda.get_device_name(device)
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+        except (OSError, StopIteration):
+            pass
+        hw = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{hw}; torch {torch.__version__}, Python {platform.python_version()}"

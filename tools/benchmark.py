@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Measure what distillation costs per training step, part by part, for a Distiller config.
+
+    python tools/benchmark.py --config-file CONFIG.yaml [--iters 20] [--warmup 5]
+                              [--device cpu|cuda] [--json] [KEY VALUE ...]
+
+Prints, for the student's plain step, the teacher forward, the method's own modules and losses,
+and the full distillation step: the median and spread of the step time and the peak memory, the
+time of each loss term, ``overhead_ratio`` (what d2dist adds above the sum of the parts) and
+``distill_over_student``. ``--json`` prints one JSON object instead. What each part covers:
+``d2dist/engine/benchmark.py``.
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import warnings
+
+from tabulate import tabulate
+from tqdm import tqdm
+
+
+def _spread(values):
+    if len(values) < 2:
+        return "-"
+    q = statistics.quantiles(values, n=4)
+    return f"{q[0]:.4f} - {q[2]:.4f}"
+
+
+def _table(result, summary: dict) -> str:
+    from d2dist.engine.benchmark import PHASES
+
+    rows = [
+        [p, f"{summary[f'{p}_s']:.4f}", _spread(result.times[p]), f"{result.peak_mib[p]:.0f}"]
+        for p in PHASES
+    ]
+    rows += [
+        [f"  term {k}", f"{v:.4f}", _spread(result.term_times[k]), ""]
+        for k, v in summary["term_step_s"].items()
+    ]
+    memory = "peak MiB" if result.memory_per_phase else "process peak MiB"
+    text = tabulate(rows, headers=["part", "median s", "p25 - p75 s", memory], tablefmt="github")
+    floor = " + ".join(f"{p}" for p in PHASES[:3])
+    return (
+        f"{text}\n\noverhead_ratio       = distill_step / ({floor}) = "
+        f"{summary['overhead_ratio']:.3f}\ndistill_over_student = distill_step / student_step = "
+        f"{summary['distill_over_student']:.3f}"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--iters", type=int, default=20, help="measured iterations (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="unmeasured first iterations")
+    parser.add_argument("--device", default=None, help="MODEL.DEVICE, e.g. cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    from d2dist.config import ConfigError
+    from d2dist.engine.benchmark import benchmark, machine_description
+    from d2dist.engine.defaults import load_config
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    opts = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
+    try:
+        cfg = load_config(args.config_file, opts)
+        cfg.freeze()
+        with tqdm(total=args.warmup + args.iters, desc="benchmark", disable=args.json) as bar:
+            result = benchmark(
+                cfg, iters=args.iters, warmup=args.warmup, progress=lambda _: bar.update()
+            )
+    except ConfigError as e:
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        return 2
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    import torch
+
+    print(f"\n{args.config_file} {' '.join(args.opts)}")
+    print(f"{machine_description(torch.device(cfg.MODEL.DEVICE))}")
+    print(f"{args.warmup} warm-up + {args.iters} measured iterations, data loading excluded\n")
+    print(_table(result, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
