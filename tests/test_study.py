@@ -164,11 +164,16 @@ def test_report_has_the_table_the_charts_and_the_commands(study, tmp_path):
         (out / job.name / "metrics.json").write_text(
             json.dumps({"iteration": 19, "loss_cls": 1.0, "loss_distill_reviewkd": 0.5}) + "\n"
         )
+    (out / "baseline/seed1" / "config.yaml").write_text(
+        "SOLVER:\n  MAX_ITER: 600\n  IMS_PER_BATCH: 4\n  BASE_LR: 0.02\n  STEPS: [480, 570]\n"
+    )
     path = study.write_report(jobs, str(out), str(tmp_path / "report"), prefix="results",
                               invocation="python tools/study.py --seeds 1 2", wall_min=3.0,
                               parallel=2)  # fmt: skip
     text = open(path).read()
     assert "box AP **20.0**" in text  # the teacher
+    assert "unknown (no readable config.yaml)" in text  # the teacher's run has no config.yaml
+    assert "600 iterations of 4 images, SGD lr 0.02 (x0.1 at 480, 570)" in text
     assert "| ReviewKD" in text and "+4.2" in text and "15.0 / 15.5" in text
     assert "python tools/study.py --seeds 1 2" in text
     assert "tools/train_net.py --config-file configs/Shapes-Detection/" in text

@@ -136,6 +136,21 @@ def _training_minutes(out: str) -> float:
     return total
 
 
+def schedule(out: str) -> str:
+    """The run's schedule, from the config.yaml it wrote: iterations, batch, LR and its steps."""
+    import yaml
+
+    try:
+        with open(os.path.join(out, "config.yaml")) as f:
+            solver = yaml.safe_load(f)["SOLVER"]
+        return (
+            f"{solver['MAX_ITER']} iterations of {solver['IMS_PER_BATCH']} images, SGD lr "
+            f"{solver['BASE_LR']} (x0.1 at {', '.join(str(x) for x in solver['STEPS'])})"
+        )
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return "unknown (no readable config.yaml)"
+
+
 def final_results(out: str) -> Dict[str, float]:
     """The last COCO evaluation of a run (``bbox/AP``..., ``segm/AP``...) and its training time."""
     evals = [r for r in _read_metrics(out) if "bbox/AP" in r]
@@ -453,7 +468,8 @@ def plot(
         curves = loss_curves(_out(job, out_root))
         for ax, key in zip(axes, ("detection", "distill")):
             if curves[key]:
-                ax.plot(*zip(*curves[key]), label=job.method.label)
+                colour = f"C{list(METHODS).index(job.method.name) % 10}"  # same in both panels
+                ax.plot(*zip(*curves[key]), label=job.method.label, color=colour)
     axes[0].set_title("student's own losses (sum)")
     axes[1].set_title("distillation losses (weighted sum)")
     for ax in axes:
@@ -512,13 +528,14 @@ def write_report(
     if teacher is not None:
         lines += [
             f"Teacher: `{teacher.config}`, box AP **{_fmt(teacher_ap)}** "
-            f"(trained once, {_fmt(teacher.results['time_min'])} min).",
+            f"(trained once, {_fmt(teacher.results['time_min'])} min; "
+            f"{schedule(_out(teacher, out_root))}).",
             "",
         ]
     lines += [
-        f"Students: ResNet-18 FPN, schedule of `{METHODS['baseline'].config}`"
+        f"Students: ResNet-18 FPN, the schedule of `{METHODS['baseline'].config}`"
         + (f" with `{' '.join(shared)}`" if shared else "")
-        + ".",
+        + f": {schedule(_out(student, out_root))}.",
         "The gain is over the baseline's mean; the verdict compares it with twice its standard "
         'error over seeds ("within noise": this study cannot tell it from no gain).',
         "",
