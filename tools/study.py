@@ -504,7 +504,10 @@ def write_report(
     wall_min: Optional[float],
     parallel: int,
 ) -> str:
-    """Write ``<report>/<prefix>.md`` and its charts; returns the markdown path."""
+    """Write ``<report>/<prefix>.md`` and its charts; returns the markdown path.
+
+    ``wall_min`` is the study's wall clock, None when the report is written from finished runs.
+    """
     os.makedirs(report, exist_ok=True)
     teacher = next((j for j in jobs if j.method is None), None)
     teacher_ap = teacher.results.get("bbox/AP") if teacher else None
@@ -518,7 +521,9 @@ def write_report(
     lines = [
         f"# d2dist study on the built-in dataset ({prefix})",
         "",
-        f"Written by `{invocation}` on {time.strftime('%Y-%m-%d')}: "
+        f"Runs of `{invocation}`"
+        + (" (this report rewritten from them by `--report-only`)" if wall_min is None else "")
+        + f", report of {time.strftime('%Y-%m-%d')}: "
         f"{len(jobs)} runs on {_machine()}, {parallel} run(s) side by side; "
         + (f"{_fmt(wall_min)} min of wall clock, " if wall_min is not None else "")
         + f"{_fmt(sum(j.results['time_min'] for j in jobs))} min of training time summed over the "
@@ -547,7 +552,8 @@ def write_report(
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs] + [""]
     lines += ["## Commands", "", "Each run is one `tools/train_net.py` run:", "", "```"]
     lines += [
-        " ".join(
+        "python "
+        + " ".join(
             os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in command(j, out_root)[1:]
         )
         for j in jobs
@@ -611,9 +617,8 @@ def main(argv=None, *, defaults: Optional[dict] = None) -> List[Job]:
     else:
         run_jobs(jobs, args.output_dir, parallel=args.jobs, fresh=args.fresh)
         wall = (time.time() - start) / 60
-    invocation = defaults.get("invocation") or "python tools/study.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    invocation = defaults.get("invocation") or "python tools/study.py " + " ".join(given)
     path = write_report(
         jobs,
         args.output_dir,
