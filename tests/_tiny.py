@@ -40,6 +40,25 @@ META = {
 }
 DEEPLAB = ("deeplab_v3", "deeplab_v3plus")
 
+# Overrides that make the Shapes-Detection configs tiny: the tiny built-in dataset on the CPU, and
+# narrow widths with BatchNorm instead of the configs' GroupNorm (which needs >= 32 channels).
+SHAPES_TINY_DATA = [
+    "MODEL.DEVICE", "cpu",
+    "DATASETS.TRAIN", "('d2dist_shapes_tiny_train',)",
+    "DATASETS.TEST", "('d2dist_shapes_tiny_val',)",
+    "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+]  # fmt: skip
+_SHAPES_NORMS = ["MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", ""]
+SHAPES_TEACHER_TINY = _SHAPES_NORMS + [
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+]  # fmt: skip
+SHAPES_STUDENT_TINY = _SHAPES_NORMS + [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "16",
+]  # fmt: skip
+
 
 def _backbone(cfg, arch: str, role: str) -> None:
     r = cfg.MODEL.RESNETS

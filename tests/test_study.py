@@ -207,6 +207,8 @@ def test_quick_study_trains_the_teacher_then_the_runs_and_writes_the_report(stud
     args = ["--quick", "--output-dir", str(out), "--report", str(report / "again"), *TINY]
     jobs = study.main(["--methods", "baseline", "dist", "--seeds", "4", "--report-only", *args])
     assert {j.name: j.results["bbox/AP"] for j in jobs} == first
-    assert "rewritten from them by `--report-only`" in (report / "again/results_quick.md").read_text()
+    assert (
+        "rewritten from them by `--report-only`" in (report / "again/results_quick.md").read_text()
+    )
     with pytest.raises(SystemExit, match=r"have not finished .*\['kd/seed1'\]"):
         study.main(["--methods", "kd", "--seeds", "1", "--report-only", *args])

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
 from detectron2.modeling import build_model
 
 from d2dist.config import get_cfg
@@ -15,18 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
 TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
 
-DATA = [
-    "MODEL.DEVICE", "cpu",
-    "DATASETS.TRAIN", "('d2dist_shapes_tiny_train',)",
-    "DATASETS.TEST", "('d2dist_shapes_tiny_val',)",
-    "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
-]  # fmt: skip
-NORMS = ["MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", ""]  # GroupNorm needs >= 32 channels
-TEACHER_TINY = NORMS + ["MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-                "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
-                "MODEL.ROI_BOX_HEAD.FC_DIM", "32"]  # fmt: skip
-STUDENT_TINY = NORMS + ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
-                "MODEL.ROI_BOX_HEAD.FC_DIM", "16"]  # fmt: skip
+DATA, TEACHER_TINY, STUDENT_TINY = SHAPES_TINY_DATA, SHAPES_TEACHER_TINY, SHAPES_STUDENT_TINY
 KEYS = {
     "student_step_s", "teacher_forward_s", "method_step_s", "distill_step_s", "overhead_ratio",
     "distill_over_student", "peak_memory_mib", "term_step_s",

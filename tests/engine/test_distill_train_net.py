@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
 from detectron2.engine import default_argument_parser
 
 from d2dist.config import get_cfg
@@ -18,23 +19,12 @@ CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
 TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
 DISTILL_CFG = os.path.join(CONFIGS, "mimic_faster_rcnn_R18_from_R50_FPN_1x.yaml")
 
-DATA = [
-    "MODEL.DEVICE", "cpu",
-    "DATASETS.TRAIN", "('d2dist_shapes_tiny_train',)",
-    "DATASETS.TEST", "('d2dist_shapes_tiny_val',)",
+DATA = SHAPES_TINY_DATA + [
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
     "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
-    "SOLVER.CHECKPOINT_PERIOD", "2",
+    "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "2",
 ]  # fmt: skip
-# Tiny widths; BatchNorm instead of the configs' GroupNorm, which needs >= 32 channels.
-TINY_NORMS = ["MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", ""]
-TEACHER_TINY = TINY_NORMS + ["MODEL.RESNETS.RES2_OUT_CHANNELS", "32", "MODEL.RESNETS.WIDTH_PER_GROUP", "8",
-                "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
-                "MODEL.ROI_BOX_HEAD.FC_DIM", "32"]  # fmt: skip
-STUDENT_TINY = TINY_NORMS + ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
-                "MODEL.ROI_BOX_HEAD.FC_DIM", "16"]  # fmt: skip
+TEACHER_TINY, STUDENT_TINY = SHAPES_TEACHER_TINY, SHAPES_STUDENT_TINY
 
 
 def _main(*argv):
