@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Convert a torchvision ResNet-18/34/50/101/152 checkpoint into a Detectron2 backbone checkpoint.
+
+    python tools/convert_torchvision_to_d2.py resnet18-f37072fd.pth R-18.pkl
+
+The input is a local ``.pth`` holding a torchvision ResNet state dict (e.g. the ImageNet weights
+torchvision downloads to ``~/.cache/torch/hub/checkpoints/``). The output ``.pkl`` is for
+``MODEL.WEIGHTS``; Detectron2's checkpointer matches its names to the backbone of any model. The
+config must then describe a torchvision ResNet (printed at the end; see ``d2dist/convert.py``).
+"""
+
+import argparse
+import pickle
+import sys
+
+import torch
+
+from d2dist.convert import TORCHVISION_CONFIG, convert_torchvision_resnet, save_d2_checkpoint
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("input", help="torchvision ResNet checkpoint (.pth)")
+    parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
+    args = parser.parse_args(argv)
+    try:
+        state = torch.load(args.input, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
+        weights, depth = convert_torchvision_resnet(state)
+        save_d2_checkpoint(weights, args.output)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        print(f"convert_torchvision_to_d2.py: error: {args.input}: {e}", file=sys.stderr)
+        return 2
+    opts = " ".join(TORCHVISION_CONFIG) + (
+        " MODEL.RESNETS.RES2_OUT_CHANNELS 64" if depth in (18, 34) else ""
+    )
+    print(f"wrote {args.output}: ResNet-{depth}, {len(weights)} tensors.")
+    print(f"Use it with: MODEL.WEIGHTS {args.output} MODEL.RESNETS.DEPTH {depth} {opts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
