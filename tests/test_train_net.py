@@ -8,10 +8,9 @@ import sys
 
 import pytest
 import torch
-from detectron2.engine import default_argument_parser
 
 from d2dist.config import ConfigError
-from d2dist.engine import setup
+from d2dist.engine import argument_parser, setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -48,7 +47,7 @@ def _load_train_net():
 
 
 def _args(*argv):
-    return default_argument_parser().parse_args(list(argv))
+    return argument_parser().parse_args(list(argv))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 """Train or evaluate a Detectron2 model, plain or distilled, with d2dist.
 
     python tools/train_net.py --config-file CONFIG.yaml [--num-gpus N] [--resume] [--eval-only]
-                              [KEY VALUE ...]
+                              [--eval-teacher] [KEY VALUE ...]
 
 Plain Detectron2 configs (teachers, student baselines) and d2dist's distillation configs run
 through the same trainer, schedules and evaluators.
@@ -10,9 +10,7 @@ through the same trainer, schedules and evaluators.
 
 import sys
 
-from detectron2.engine import default_argument_parser
-
-from d2dist.engine import launch_cli, setup, train_or_eval
+from d2dist.engine import argument_parser, launch_cli, setup, train_or_eval
 
 
 def main(args):
@@ -20,4 +18,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(launch_cli(main, default_argument_parser().parse_args()))
+    sys.exit(launch_cli(main, argument_parser().parse_args()))

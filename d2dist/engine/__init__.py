@@ -1,10 +1,12 @@
 """Training and evaluation entry points."""
 
-from .defaults import launch_cli, setup, train_or_eval
+from .defaults import argument_parser, evaluate_teacher, launch_cli, setup, train_or_eval
 from .export import export_student, student_config
 from .trainer import DistillTrainer, StudentCheckpointer, Trainer, trainer_class
 
 __all__ = [
+    "argument_parser",
+    "evaluate_teacher",
     "DistillTrainer",
     "StudentCheckpointer",
     "Trainer",

@@ -1,5 +1,6 @@
 """The pieces of ``tools/train_net.py``: config set-up with validation, the run, the launcher."""
 
+import json
 import logging
 import os
 import sys
@@ -10,12 +11,20 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
-from detectron2.engine import default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
 
 from ..config import ConfigError, get_cfg
 from .trainer import trainer_class
 
-__all__ = ["load_config", "setup", "train_or_eval", "launch_cli"]
+__all__ = [
+    "argument_parser",
+    "evaluate_teacher",
+    "launch_cli",
+    "load_config",
+    "setup",
+    "train_or_eval",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -123,12 +132,57 @@ def setup(args) -> CfgNode:
     return cfg
 
 
+def argument_parser():
+    """Detectron2's ``default_argument_parser`` plus d2dist's options (``--eval-teacher``)."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--eval-teacher",
+        action="store_true",
+        help="before distilling, evaluate the teacher on DATASETS.TEST (results in "
+        "OUTPUT_DIR/teacher_eval/), so that a teacher that did not load is caught at once",
+    )
+    return parser
+
+
+def evaluate_teacher(cfg: CfgNode) -> dict:
+    """Evaluate the teacher of a Distiller config on ``cfg.DATASETS.TEST``.
+
+    The teacher is built exactly as for training (its own config, weights loaded strictly) and
+    evaluated with its own input settings (format, test sizes) by the evaluator of each test
+    dataset. Results are logged and written to ``OUTPUT_DIR/teacher_eval/results.json``.
+    """
+    from ..modeling.teacher import build_teacher
+
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        raise ConfigError(
+            f"--eval-teacher evaluates a distillation run's teacher, but MODEL.META_ARCHITECTURE "
+            f"is {cfg.MODEL.META_ARCHITECTURE!r}; a plain model is evaluated with --eval-only."
+        )
+    teacher = build_teacher(cfg)
+    tcfg = teacher.cfg.clone()
+    tcfg.defrost()
+    tcfg.DATASETS.TEST = cfg.DATASETS.TEST
+    tcfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "teacher_eval")
+    tcfg.freeze()
+    os.makedirs(tcfg.OUTPUT_DIR, exist_ok=True)
+    logger.info("Evaluating the teacher (%s) on %s", cfg.MODEL.DISTILL.TEACHER.WEIGHTS,
+                list(cfg.DATASETS.TEST))  # fmt: skip
+    results = trainer_class(tcfg).test(tcfg, teacher)
+    with open(os.path.join(tcfg.OUTPUT_DIR, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    logger.info("Teacher evaluation: %s", json.dumps(results))
+    return results
+
+
 def train_or_eval(cfg: CfgNode, args):
     """Train (``--resume`` continues from OUTPUT_DIR) or, with ``--eval-only``, evaluate.
 
+    With ``--eval-teacher`` a Distiller's teacher is evaluated first (:func:`evaluate_teacher`).
     Returns the evaluation results of the run (a dict of metrics per dataset).
     """
     trainer_cls = trainer_class(cfg)
+    if getattr(args, "eval_teacher", False) and comm.is_main_process():
+        evaluate_teacher(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)

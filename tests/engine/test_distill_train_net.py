@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import os
 import pickle
 
@@ -9,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
-from detectron2.engine import default_argument_parser
 
 from d2dist.config import get_cfg
-from d2dist.engine import DistillTrainer, Trainer, export_student
+from d2dist.engine import DistillTrainer, Trainer, argument_parser, export_student
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
@@ -33,7 +33,7 @@ def _main(*argv):
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(default_argument_parser().parse_args(list(argv)))
+    return module.main(argument_parser().parse_args(list(argv)))
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,29 @@ def test_distillation_run_logs_terms_and_saves_no_teacher(distill_run):
     assert any(k.startswith("terms.0.adapters.p2") for k in keys)  # MIMIC's adapters are saved
     assert "optimizer" in ckpt["trainer"]["_trainer"] and "LRScheduler" in ckpt["trainer"]["hooks"]
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_eval_teacher_evaluates_the_teacher_before_distilling(teacher_weights, tmp_path, caplog):
+    out = str(tmp_path / "run")
+    opts = _distill_opts(teacher_weights, out, max_iter=1)
+    with caplog.at_level(logging.INFO, logger="d2dist"):
+        _main("--config-file", DISTILL_CFG, "--eval-teacher", *opts)
+    with open(os.path.join(out, "teacher_eval", "results.json")) as f:
+        results = json.load(f)
+    assert {"AP", "AP50"} <= set(results["bbox"])
+    assert any("Teacher evaluation" in r.getMessage() for r in caplog.records)
+    # The same teacher, evaluated on its own, gives the same numbers.
+    plain = _main("--config-file", TEACHER_CFG, "--eval-only", *DATA, *TEACHER_TINY,
+                  "MODEL.WEIGHTS", teacher_weights, "OUTPUT_DIR", str(tmp_path / "t"))  # fmt: skip
+    assert plain["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"])
+
+
+def test_eval_teacher_needs_a_distillation_config(tmp_path):
+    from d2dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--eval-teacher evaluates a distillation run's teacher"):
+        _main("--config-file", TEACHER_CFG, "--eval-teacher", *DATA, *TEACHER_TINY,
+              "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path))  # fmt: skip
 
 
 def test_resume_rebuilds_the_teacher_and_continues(distill_run, teacher_weights, tmp_path):
