@@ -110,6 +110,11 @@ def test_plan_without_distillation_has_no_teacher_and_quick_shortens(study, tmp_
     assert opts["SEED"] == "5"
 
 
+def test_quick_runs_never_share_the_study_directory(study):
+    assert study.default_output_dir(False).endswith(os.path.join("output", "study"))
+    assert study.default_output_dir(True) != study.default_output_dir(False)
+
+
 def test_plan_rejects_unknown_methods_and_no_seeds(study, tmp_path):
     with pytest.raises(SystemExit, match=r"unknown method\(s\) \['dsit'\]"):
         study.plan(["dsit"], [1], str(tmp_path), False, [])

@@ -74,6 +74,11 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 QUICK_ITERS = {"teacher": 100, "student": 50}  # --quick schedules (iterations)
 
 
+def default_output_dir(quick: bool) -> str:
+    """Where the runs go: a --quick smoke check never displaces (moves aside) the study's runs."""
+    return os.path.join(REPO, "output", "study-quick" if quick else "study")
+
+
 def _schedule_opts(max_iter: int) -> List[str]:
     """A shortened schedule: LR steps at 80% and 95%, as in the configs' own schedules."""
     steps = f"({int(max_iter * 0.8)},{int(max_iter * 0.95)})"
@@ -579,7 +584,12 @@ def main(argv=None, *, defaults: Optional[dict] = None) -> List[Job]:
         default=min(2, os.cpu_count() or 1),
         help="trainings side by side (default: 2, or 1 on a 1-core machine)",
     )
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "output", "study"))
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="where the runs go (default output/study, with --quick output/study-quick, so a "
+        "smoke check never displaces the study's runs)",
+    )
     parser.add_argument(
         "--report",
         default=defaults.get("report", os.path.join(REPO, "docs")),
@@ -597,6 +607,7 @@ def main(argv=None, *, defaults: Optional[dict] = None) -> List[Job]:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
     seeds = args.seeds[:1] if args.quick else args.seeds
+    args.output_dir = args.output_dir or default_output_dir(args.quick)
     opts = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
     prefix = defaults.get("prefix", "results_quick" if args.quick else "results")
 
