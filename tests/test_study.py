@@ -151,6 +151,8 @@ def test_aggregate_means_stds_gains_and_honest_verdicts(study):
     assert rows["kd"]["verdict"] == "within noise"
     assert rows["pkd"]["verdict"] == "hurts"
     assert rows["dist"]["ap"] == [14.0, 15.0, 16.0] and rows["dist"]["seeds"] == [1, 2, 3]
+    tiny_loss = study.aggregate([_job(study, "baseline", 1, 10.0), _job(study, "kd", 1, 9.96)])
+    assert "| +0.0 " in study.table(tiny_loss)  # no "-0.0"
     one = study.aggregate([_job(study, "baseline", 1, 10.0), _job(study, "dist", 1, 12.0)])
     assert one[1]["verdict"] == "one seed" and math.isnan(one[1]["std"])
 

@@ -419,7 +419,7 @@ def table(rows: Sequence[dict], task: str = "bbox") -> str:
             r["label"],
             _fmt(r["mean"]),
             _fmt(r["std"]),
-            f"{r['gain']:+.1f}" if "gain" in r else "",
+            f"{round(r['gain'], 1) or 0.0:+.1f}" if "gain" in r else "",
             r.get("verdict", ""),
             _fmt(r["AP50"]),
             _fmt(r["AP75"]),
