@@ -49,3 +49,13 @@ def test_config_loads_and_builds(path, monkeypatch):
     TargetExtractor(student, teacher, request, input_format=cfg.INPUT.FORMAT,
                     teacher_format=tcfg.INPUT.FORMAT)  # fmt: skip
     assert d.TEACHER.WEIGHTS, f"{path}: a distillation config names its teacher's weights"
+
+
+def test_fcos_backbone_computes_p6_p7_from_p5_like_upstream():
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "COCO-Detection", "fcos_R50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    backbone = build_model(cfg).backbone
+    assert backbone.top_block.in_feature == "p5"
+    assert list(backbone.output_shape()) == ["p3", "p4", "p5", "p6", "p7"]
+    assert backbone.top_block.p6.in_channels == cfg.MODEL.FPN.OUT_CHANNELS

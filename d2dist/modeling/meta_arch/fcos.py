@@ -2,15 +2,33 @@
 
 Upstream builds FCOS only through LazyConfig and does not register it; this subclass adds a
 ``from_config`` reading ``MODEL.FCOS`` (see :func:`d2dist.config.add_fcos_config`) and changes
-nothing else.
+nothing else. ``build_fcos_resnet_fpn_backbone`` is the backbone of upstream's FCOS config
+(ResNet + FPN on res3-res5, P6 and P7 computed from P5), which no yacs builder provides.
 """
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS as _FCOS
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 
-__all__ = ["FCOS"]
+__all__ = ["FCOS", "build_fcos_resnet_fpn_backbone"]
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape):
+    """ResNet + FPN (``MODEL.FPN``) whose P6 and P7 come from P5, as in upstream's FCOS config
+    (``build_retinanet_resnet_fpn_backbone`` computes them from res5 instead)."""
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=build_resnet_backbone(cfg, input_shape),
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(out_channels, out_channels, in_feature="p5"),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
 
 
 @META_ARCH_REGISTRY.register()
