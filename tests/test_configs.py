@@ -9,9 +9,11 @@ import glob
 import os
 
 import pytest
+import torch
 from detectron2.modeling import build_model
 
 from d2dist.config import get_cfg
+from d2dist.engine import Trainer
 from d2dist.modeling.losses import build_distill_terms
 from d2dist.modeling.targets import TargetExtractor, TargetRequest
 from d2dist.modeling.teacher import build_meta_arch, load_teacher_config
@@ -35,7 +37,7 @@ def test_config_loads_and_builds(path, monkeypatch):
     cfg.merge_from_file(path)
     cfg.MODEL.DEVICE = "cpu"
     if cfg.MODEL.META_ARCHITECTURE != "Distiller":
-        build_model(cfg)
+        _build_solver(cfg, build_model(cfg))
         return
     d = cfg.MODEL.DISTILL
     student = build_meta_arch(cfg, d.STUDENT_META_ARCHITECTURE, "STUDENT_META_ARCHITECTURE")
@@ -49,6 +51,13 @@ def test_config_loads_and_builds(path, monkeypatch):
     TargetExtractor(student, teacher, request, input_format=cfg.INPUT.FORMAT,
                     teacher_format=tcfg.INPUT.FORMAT)  # fmt: skip
     assert d.TEACHER.WEIGHTS, f"{path}: a distillation config names its teacher's weights"
+    _build_solver(cfg, torch.nn.ModuleList([student, terms]))
+
+
+def _build_solver(cfg, model):
+    """The config's optimizer and LR scheduler build (e.g. the name of the scheduler exists)."""
+    optimizer = Trainer.build_optimizer(cfg, model)
+    Trainer.build_lr_scheduler(cfg, optimizer)
 
 
 def test_fcos_backbone_computes_p6_p7_from_p5_like_upstream():

@@ -4,6 +4,9 @@ import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer
+from detectron2.projects.deeplab.build_solver import (
+    build_lr_scheduler as build_deeplab_lr_scheduler,
+)
 from fvcore.common.checkpoint import _strip_prefix_if_present
 
 from ..evaluation import build_evaluator
@@ -18,12 +21,18 @@ class Trainer(DefaultTrainer):
 
     Adds only what ``DefaultTrainer`` leaves abstract: :meth:`build_evaluator` picks the official
     evaluator of each test dataset (COCO, semantic segmentation, Cityscapes, ...) from its
-    metadata, so teachers, baselines and distilled students are scored by the same code.
+    metadata, so teachers, baselines and distilled students are scored by the same code. The LR
+    schedulers are Detectron2's plus the DeepLab project's ``WarmupPolyLR`` (its segmentation
+    recipes' schedule).
     """
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_deeplab_lr_scheduler(cfg, optimizer)  # Detectron2's own for other names
 
 
 class StudentCheckpointer(DetectionCheckpointer):
