@@ -1,0 +1,256 @@
+"""Detectron2's built-in COCO and Cityscapes datasets, in their real on-disk formats, through
+``tools/train_net.py --eval-only`` and the official evaluators.
+
+Tiny datasets are written under the test session's ``$DETECTRON2_DATASETS`` exactly as
+datasets/README.md lays them out (COCO JSON; Cityscapes ``leftImg8bit`` / ``gtFine`` with polygons
+JSON, label-id and instance-id PNGs, and train-id PNGs made by cityscapesscripts' own preparation
+script). A ground-truth oracle model, which reads the annotation files, must score 100.
+"""
+
+import importlib.util
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Boxes, BoxMode, Instances
+from torch import nn
+
+from d2dist.engine import argument_parser
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H, W = 128, 256
+
+
+@META_ARCH_REGISTRY.register()
+class GroundTruthOracle(nn.Module):
+    """Predicts the ground truth of its test dataset, read from the dataset's own files."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        self.register_buffer("_device", torch.zeros(0), persistent=False)
+
+    def forward(self, batched_inputs):
+        kind = self.meta.evaluator_type
+        return [getattr(self, f"_{kind}")(x) for x in batched_inputs]
+
+    def _instances(self, masks: np.ndarray, classes) -> dict:
+        masks = torch.as_tensor(masks, dtype=torch.bool).reshape(-1, H, W)
+        boxes = []
+        for m in masks:
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        inst = Instances((H, W))
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        inst.pred_masks = masks
+        inst.pred_classes = torch.as_tensor(classes, dtype=torch.int64)
+        inst.scores = torch.ones(len(masks))
+        return {"instances": inst}
+
+    def _coco(self, x):
+        from pycocotools.coco import COCO
+
+        coco = COCO(self.meta.json_file)
+        image = next(i for i in coco.imgs.values() if x["file_name"].endswith(i["file_name"]))
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        to_contiguous = self.meta.thing_dataset_id_to_contiguous_id
+        out = self._instances(
+            np.stack([coco.annToMask(a) for a in anns]),
+            [to_contiguous[a["category_id"]] for a in anns],
+        )
+        # COCO boxes are the annotated ones (not the masks' extent)
+        boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in anns]
+        out["instances"].pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def _gt(x, suffix: str) -> np.ndarray:
+        path = x["file_name"].replace("leftImg8bit/", "gtFine/").replace("_leftImg8bit.png", suffix)
+        return cv2.imread(path, cv2.IMREAD_UNCHANGED)
+
+    def _cityscapes_instance(self, x):
+        from cityscapesscripts.helpers.labels import id2label
+
+        ids = self._gt(x, "_gtFine_instanceIds.png").astype(np.int64)
+        instances = [v for v in np.unique(ids) if v >= 1000]
+        classes = [self.meta.thing_classes.index(id2label[v // 1000].name) for v in instances]
+        return self._instances(np.stack([ids == v for v in instances]), classes)
+
+    def _sem_seg_logits(self, labels: np.ndarray, num_classes: int) -> dict:
+        labels = torch.as_tensor(labels.astype(np.int64))
+        labels[labels >= num_classes] = 0  # ignored pixels: any class
+        logits = torch.nn.functional.one_hot(labels, num_classes).permute(2, 0, 1).float()
+        return {"sem_seg": logits}
+
+    def _cityscapes_sem_seg(self, x):
+        return self._sem_seg_logits(self._gt(x, "_gtFine_labelTrainIds.png"), 19)
+
+    def _sem_seg(self, x):
+        # the test-time mapper drops sem_seg_file_name: find it in the dataset's records
+        records = DatasetCatalog.get(self.meta.name)
+        path = next(r["sem_seg_file_name"] for r in records if r["file_name"] == x["file_name"])
+        labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        return self._sem_seg_logits(labels, len(self.meta.stuff_classes))
+
+
+# ---- the tiny datasets ---------------------------------------------------------------------
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
+
+
+def _write_coco(root: str) -> None:
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    base = os.path.join(root, "coco")
+    os.makedirs(os.path.join(base, "annotations"), exist_ok=True)
+    os.makedirs(os.path.join(base, "val2017"), exist_ok=True)
+    categories = [
+        {"id": c["id"], "name": c["name"], "supercategory": "thing"}
+        for c in COCO_CATEGORIES
+        if c["isthing"]
+    ]
+    images, annotations = [], []
+    shapes = [  # (category id, polygon) per image: person, car, dog
+        [(1, [20, 20, 80, 20, 80, 100, 20, 100]), (3, [120, 40, 230, 40, 230, 110, 120, 110])],
+        [(18, [40, 30, 140, 30, 90, 120])],
+    ]
+    for i, objects in enumerate(shapes):
+        name = f"{i:012d}.jpg"
+        cv2.imwrite(os.path.join(base, "val2017", name), _image(i))
+        images.append({"id": i + 1, "file_name": name, "height": H, "width": W})
+        for cat, poly in objects:
+            xs, ys = poly[0::2], poly[1::2]
+            mask = np.zeros((H, W), np.uint8)
+            cv2.fillPoly(mask, [np.array(poly, np.int32).reshape(-1, 2)], 1)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "segmentation": [[float(v) for v in poly]],
+                    "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                    "area": float(mask.sum()),
+                    "iscrowd": 0,
+                }
+            )
+    with open(os.path.join(base, "annotations", "instances_val2017.json"), "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+
+
+def _write_cityscapes(root: str) -> None:
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation import createTrainIdLabelImgs
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+    from cityscapesscripts.preparation.json2labelImg import json2labelImg
+
+    base = os.path.join(root, "cityscapes")
+    city = "tinycity"
+    scenes = [  # polygons per image, in drawing order (later ones on top)
+        [("road", [[0, 64], [255, 64], [255, 127], [0, 127]]),
+         ("car", [[20, 70], [110, 70], [110, 120], [20, 120]]),
+         ("person", [[150, 20], [180, 20], [180, 110], [150, 110]])],
+        [("road", [[0, 80], [255, 80], [255, 127], [0, 127]]),
+         ("car", [[100, 60], [200, 60], [200, 115], [100, 115]]),
+         ("car", [[10, 85], [70, 85], [70, 125], [10, 125]])],
+    ]  # fmt: skip
+    for i, objects in enumerate(scenes):
+        stem = f"{city}_000000_{i:06d}"
+        img_dir = os.path.join(base, "leftImg8bit", "val", city)
+        gt_dir = os.path.join(base, "gtFine", "val", city)
+        os.makedirs(img_dir, exist_ok=True)
+        os.makedirs(gt_dir, exist_ok=True)
+        cv2.imwrite(os.path.join(img_dir, f"{stem}_leftImg8bit.png"), _image(10 + i))
+        polygons = os.path.join(gt_dir, f"{stem}_gtFine_polygons.json")
+        with open(polygons, "w") as f:
+            json.dump(
+                {
+                    "imgHeight": H,
+                    "imgWidth": W,
+                    "objects": [{"label": label, "polygon": poly} for label, poly in objects],
+                },
+                f,
+            )
+        json2labelImg(polygons, os.path.join(gt_dir, f"{stem}_gtFine_labelIds.png"), "ids")
+        # Cityscapes' instance ids are 16-bit PNGs; cityscapesscripts draws them as a 32-bit image
+        annotation = Annotation()
+        annotation.fromJsonFile(polygons)
+        ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.int64)
+        cv2.imwrite(os.path.join(gt_dir, f"{stem}_gtFine_instanceIds.png"), ids.astype(np.uint16))
+    # the preparation step of datasets/README.md: *_gtFine_labelTrainIds.png
+    old = os.environ.get("CITYSCAPES_DATASET")
+    os.environ["CITYSCAPES_DATASET"] = base
+    try:
+        createTrainIdLabelImgs.main()
+    finally:
+        if old is None:
+            del os.environ["CITYSCAPES_DATASET"]
+        else:
+            os.environ["CITYSCAPES_DATASET"] = old
+
+
+@pytest.fixture(scope="module")
+def real_datasets(datasets_root):
+    _write_coco(datasets_root)
+    _write_cityscapes(datasets_root)
+    return datasets_root
+
+
+def _eval_only(dataset: str, tmp_path) -> dict:
+    os.makedirs(tmp_path, exist_ok=True)
+    weights = str(tmp_path / "oracle.pth")
+    torch.save({"model": {}}, weights)
+    spec = importlib.util.spec_from_file_location(
+        "train_net", os.path.join(REPO, "tools", "train_net.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argument_parser().parse_args(
+        [
+            "--config-file", os.path.join(REPO, "configs", "Base-RCNN-FPN.yaml"), "--eval-only",
+            "MODEL.META_ARCHITECTURE", "GroundTruthOracle", "MODEL.DEVICE", "cpu",
+            "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{dataset}',)",
+            "INPUT.MIN_SIZE_TEST", str(H), "INPUT.MAX_SIZE_TEST", str(W),
+            "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "out"),
+        ]  # fmt: skip
+    )
+    return module.main(args)
+
+
+def test_coco_evaluator_on_the_coco_layout(real_datasets, tmp_path):
+    results = _eval_only("coco_2017_val", tmp_path)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_cityscapes_instance_evaluator_on_the_cityscapes_layout(real_datasets, tmp_path):
+    results = _eval_only("cityscapes_fine_instance_seg_val", tmp_path)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP50"] == pytest.approx(100.0)
+
+
+def test_cityscapes_sem_seg_evaluator_on_the_cityscapes_layout(real_datasets, tmp_path):
+    results = _eval_only("cityscapes_fine_sem_seg_val", tmp_path)
+    assert results["sem_seg"]["IoU"] == pytest.approx(100.0)
+
+
+def test_sem_seg_evaluator_on_the_builtin_dataset(tmp_path):
+    results = _eval_only("d2dist_shapes_tiny_val_sem_seg", tmp_path)
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+
+
+def test_the_evaluators_see_a_worse_model(real_datasets, tmp_path, monkeypatch):
+    full = GroundTruthOracle.forward
+
+    def first_only(self, batched_inputs):  # misses every object but the first of each image
+        return [{"instances": out["instances"][:1]} for out in full(self, batched_inputs)]
+
+    monkeypatch.setattr(GroundTruthOracle, "forward", first_only)
+    coco = _eval_only("coco_2017_val", tmp_path / "coco")
+    assert 0 < coco["bbox"]["AP"] < 100
+    cityscapes = _eval_only("cityscapes_fine_instance_seg_val", tmp_path / "cityscapes")
+    assert 0 < cityscapes["segm"]["AP"] < 100
