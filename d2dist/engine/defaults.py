@@ -164,13 +164,15 @@ def evaluate_teacher(cfg: CfgNode) -> dict:
     tcfg.DATASETS.TEST = cfg.DATASETS.TEST
     tcfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "teacher_eval")
     tcfg.freeze()
-    os.makedirs(tcfg.OUTPUT_DIR, exist_ok=True)
+    if comm.is_main_process():
+        os.makedirs(tcfg.OUTPUT_DIR, exist_ok=True)
     logger.info("Evaluating the teacher (%s) on %s", cfg.MODEL.DISTILL.TEACHER.WEIGHTS,
                 list(cfg.DATASETS.TEST))  # fmt: skip
     results = trainer_class(tcfg).test(tcfg, teacher)
-    with open(os.path.join(tcfg.OUTPUT_DIR, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    logger.info("Teacher evaluation: %s", json.dumps(results))
+    if comm.is_main_process():  # the evaluators return the results on the main process only
+        with open(os.path.join(tcfg.OUTPUT_DIR, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        logger.info("Teacher evaluation: %s", json.dumps(results))
     return results
 
 
@@ -181,7 +183,7 @@ def train_or_eval(cfg: CfgNode, args):
     Returns the evaluation results of the run (a dict of metrics per dataset).
     """
     trainer_cls = trainer_class(cfg)
-    if getattr(args, "eval_teacher", False) and comm.is_main_process():
+    if getattr(args, "eval_teacher", False):  # on every rank: evaluation is sharded
         evaluate_teacher(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
