@@ -254,3 +254,63 @@ def test_the_evaluators_see_a_worse_model(real_datasets, tmp_path, monkeypatch):
     assert 0 < coco["bbox"]["AP"] < 100
     cityscapes = _eval_only("cityscapes_fine_instance_seg_val", tmp_path / "cityscapes")
     assert 0 < cityscapes["segm"]["AP"] < 100
+
+
+# ---- instant distillation runs on the real layouts (a few iterations, tiny widths) -----------
+_TINY_BACKBONE = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
+                  "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+                  "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.WEIGHTS", ""]  # fmt: skip
+_TEACHER_TINY = _TINY_BACKBONE + ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                                  "64", "MODEL.RESNETS.WIDTH_PER_GROUP", "16"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, teacher_config, dataset, metric",
+    [
+        ("dist_semantic_R18_from_R101_FPN_90k", "semantic_R101_FPN_90k",
+         "cityscapes_fine_sem_seg_val", ("sem_seg", "IoU")),
+        ("reviewkd_mask_rcnn_R18_from_R50_FPN", "mask_rcnn_R50_FPN",
+         "cityscapes_fine_instance_seg_val", ("segm", "AP")),
+    ],
+)  # fmt: skip
+def test_instant_distillation_run_on_the_cityscapes_layout(
+    config, teacher_config, dataset, metric, real_datasets, tmp_path
+):
+    from detectron2.modeling import build_model
+
+    from d2dist.config import get_cfg
+
+    cityscapes = os.path.join(REPO, "configs", "Cityscapes")
+    device = ["MODEL.DEVICE", "cpu"]
+    tcfg = get_cfg()
+    tcfg.merge_from_file(os.path.join(cityscapes, f"{teacher_config}.yaml"))
+    tcfg.merge_from_list(device + _TEACHER_TINY)
+    teacher = str(tmp_path / "teacher.pth")
+    torch.save({"model": build_model(tcfg).state_dict()}, teacher)
+
+    out = str(tmp_path / "run")
+    spec = importlib.util.spec_from_file_location(
+        "train_net", os.path.join(REPO, "tools", "train_net.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argument_parser().parse_args(
+        [
+            "--config-file", os.path.join(cityscapes, f"{config}.yaml"), *device, *_TINY_BACKBONE,
+            "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)",
+            "INPUT.MIN_SIZE_TRAIN", f"({H},)", "INPUT.MAX_SIZE_TRAIN", str(W),
+            "INPUT.MIN_SIZE_TEST", str(H), "INPUT.MAX_SIZE_TEST", str(W),
+            "INPUT.CROP.SIZE", "(64, 128)", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
+            "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "(1,)", "DATALOADER.NUM_WORKERS", "0",
+            "MODEL.DISTILL.TEACHER.WEIGHTS", teacher,
+            "MODEL.DISTILL.TEACHER.OPTS", str(device + _TEACHER_TINY),
+            "MODEL.DISTILL.REVIEWKD.MID_CHANNELS", "32", "OUTPUT_DIR", out,
+        ]  # fmt: skip
+    )
+    results = module.main(args)
+    task, key = metric
+    assert 0 <= results[task][key] <= 100
+    with open(os.path.join(out, "metrics.json")) as f:
+        train = [json.loads(line) for line in f if "total_loss" in line]
+    assert train and all(any(k.startswith("loss_distill_") for k in r) for r in train)
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
