@@ -256,7 +256,7 @@ def test_the_evaluators_see_a_worse_model(real_datasets, tmp_path, monkeypatch):
     assert 0 < cityscapes["segm"]["AP"] < 100
 
 
-# ---- instant distillation runs on the real layouts (a few iterations, tiny widths) -----------
+# ---- instant distillation runs on the real layouts (two iterations, tiny widths) -------------
 _TINY_BACKBONE = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
                   "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
                   "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.WEIGHTS", ""]  # fmt: skip
@@ -267,23 +267,33 @@ _TEACHER_TINY = _TINY_BACKBONE + ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RE
 @pytest.mark.parametrize(
     "config, teacher_config, dataset, metric",
     [
-        ("dist_semantic_R18_from_R101_FPN_90k", "semantic_R101_FPN_90k",
+        ("Cityscapes/dist_semantic_R18_from_R101_FPN_90k", "Cityscapes/semantic_R101_FPN_90k",
          "cityscapes_fine_sem_seg_val", ("sem_seg", "IoU")),
-        ("reviewkd_mask_rcnn_R18_from_R50_FPN", "mask_rcnn_R50_FPN",
+        ("Cityscapes/reviewkd_mask_rcnn_R18_from_R50_FPN", "Cityscapes/mask_rcnn_R50_FPN",
          "cityscapes_fine_instance_seg_val", ("segm", "AP")),
+        ("COCO-Detection/reviewkd_faster_rcnn_R18_from_R101_FPN_1x",
+         "model_zoo:COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml", "coco_2017_val", ("bbox", "AP")),
+        ("COCO-InstanceSegmentation/distplus_mask_rcnn_R50_from_R101_FPN_1x",
+         "model_zoo:COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml", "coco_2017_val",
+         ("bbox", "AP")),  # COCOEvaluator adds "segm" once the model predicts masks
     ],
 )  # fmt: skip
-def test_instant_distillation_run_on_the_cityscapes_layout(
+def test_instant_distillation_run_on_the_real_layouts(
     config, teacher_config, dataset, metric, real_datasets, tmp_path
 ):
     from detectron2.modeling import build_model
 
     from d2dist.config import get_cfg
 
-    cityscapes = os.path.join(REPO, "configs", "Cityscapes")
+    configs = os.path.join(REPO, "configs")
     device = ["MODEL.DEVICE", "cpu"]
     tcfg = get_cfg()
-    tcfg.merge_from_file(os.path.join(cityscapes, f"{teacher_config}.yaml"))
+    if teacher_config.startswith("model_zoo:"):
+        from detectron2 import model_zoo
+
+        tcfg.merge_from_file(model_zoo.get_config_file(teacher_config[len("model_zoo:") :]))
+    else:
+        tcfg.merge_from_file(os.path.join(configs, f"{teacher_config}.yaml"))
     tcfg.merge_from_list(device + _TEACHER_TINY)
     teacher = str(tmp_path / "teacher.pth")
     torch.save({"model": build_model(tcfg).state_dict()}, teacher)
@@ -296,7 +306,7 @@ def test_instant_distillation_run_on_the_cityscapes_layout(
     spec.loader.exec_module(module)
     args = argument_parser().parse_args(
         [
-            "--config-file", os.path.join(cityscapes, f"{config}.yaml"), *device, *_TINY_BACKBONE,
+            "--config-file", os.path.join(configs, f"{config}.yaml"), *device, *_TINY_BACKBONE,
             "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", f"('{dataset}',)",
             "INPUT.MIN_SIZE_TRAIN", f"({H},)", "INPUT.MAX_SIZE_TRAIN", str(W),
             "INPUT.MIN_SIZE_TEST", str(H), "INPUT.MAX_SIZE_TEST", str(W),
@@ -309,7 +319,8 @@ def test_instant_distillation_run_on_the_cityscapes_layout(
     )
     results = module.main(args)
     task, key = metric
-    assert 0 <= results[task][key] <= 100
+    value = results[task][key]  # NaN when a 2-iteration model detects nothing
+    assert value != value or 0 <= value <= 100
     with open(os.path.join(out, "metrics.json")) as f:
         train = [json.loads(line) for line in f if "total_loss" in line]
     assert train and all(any(k.startswith("loss_distill_") for k in r) for r in train)
