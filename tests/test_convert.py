@@ -1,11 +1,11 @@
 """tools/convert_torchvision_to_d2.py: torchvision ResNets load into Detectron2 and agree with it."""
 
-import importlib.util
 import os
 
 import pytest
 import torch
 import torchvision
+from _tools import load_tool
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -16,12 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_tool", os.path.join(REPO, "tools", "convert_torchvision_to_d2.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("convert_torchvision_to_d2")
 
 
 def _torchvision_resnet(depth: int) -> torch.nn.Module:

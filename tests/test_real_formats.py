@@ -7,7 +7,6 @@ JSON, label-id and instance-id PNGs, and train-id PNGs made by cityscapesscripts
 script). A ground-truth oracle model, which reads the annotation files, must score 100.
 """
 
-import importlib.util
 import json
 import os
 
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _tools import load_tool
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, BoxMode, Instances
@@ -204,11 +204,7 @@ def _eval_only(dataset: str, tmp_path) -> dict:
     os.makedirs(tmp_path, exist_ok=True)
     weights = str(tmp_path / "oracle.pth")
     torch.save({"model": {}}, weights)
-    spec = importlib.util.spec_from_file_location(
-        "train_net", os.path.join(REPO, "tools", "train_net.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("train_net")
     args = argument_parser().parse_args(
         [
             "--config-file", os.path.join(REPO, "configs", "Base-RCNN-FPN.yaml"), "--eval-only",
@@ -299,11 +295,7 @@ def test_instant_distillation_run_on_the_real_layouts(
     torch.save({"model": build_model(tcfg).state_dict()}, teacher)
 
     out = str(tmp_path / "run")
-    spec = importlib.util.spec_from_file_location(
-        "train_net", os.path.join(REPO, "tools", "train_net.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("train_net")
     args = argument_parser().parse_args(
         [
             "--config-file", os.path.join(configs, f"{config}.yaml"), *device, *_TINY_BACKBONE,

@@ -1,12 +1,11 @@
 """tools/study.py and tools/demo.py: run planning, reading runs, aggregation, the report, --quick."""
 
-import importlib.util
 import json
 import math
 import os
-import sys
 
 import pytest
+from _tools import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -20,11 +19,7 @@ TINY = [
 
 
 def _load(name):
-    sys.path.insert(0, os.path.join(REPO, "tools"))  # demo.py imports study
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """tools/train_net.py end to end on the tiny built-in dataset, and its input validation."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from _tools import load_tool
 
 from d2dist.config import ConfigError
 from d2dist.engine import argument_parser, setup
@@ -40,10 +40,7 @@ TINY = [
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_net")
 
 
 def _args(*argv):

@@ -1,12 +1,12 @@
 """tools/benchmark.py and d2dist.engine.benchmark: the step-cost benchmark on tiny CPU models."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
+from _tools import load_tool
 from detectron2.modeling import build_model
 
 from d2dist.config import get_cfg
@@ -45,12 +45,7 @@ def _opts(teacher_weights, *extra):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_tool", os.path.join(REPO, "tools", "benchmark.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark")
 
 
 def test_json_has_every_key_and_the_ratios_come_from_the_parts(teacher_weights, capsys):

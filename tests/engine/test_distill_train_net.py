@@ -1,6 +1,5 @@
 """Distillation through tools/train_net.py on the tiny built-in dataset: train, resume, export."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
+from _tools import load_tool
 
 from d2dist.config import get_cfg
 from d2dist.engine import DistillTrainer, Trainer, argument_parser, export_student
@@ -28,12 +28,7 @@ TEACHER_TINY, STUDENT_TINY = SHAPES_TEACHER_TINY, SHAPES_STUDENT_TINY
 
 
 def _main(*argv):
-    spec = importlib.util.spec_from_file_location(
-        "train_net", os.path.join(REPO, "tools", "train_net.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argument_parser().parse_args(list(argv)))
+    return load_tool("train_net").main(argument_parser().parse_args(list(argv)))
 
 
 @pytest.fixture(scope="module")
