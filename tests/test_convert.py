@@ -10,7 +10,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from d2dist.config import get_cfg
-from d2dist.convert import TORCHVISION_CONFIG, convert_torchvision_resnet
+from d2dist.convert import TORCHVISION_CONFIG, convert_torchvision_resnet, save_d2_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,3 +96,59 @@ def test_ddp_and_wrapped_checkpoints_are_unwrapped():
     assert depth == 18 and plain.keys() == wrapped.keys()
     assert "res5.1.conv2.norm.running_var" in plain and "res3.0.shortcut.norm.weight" in plain
     assert "stem.conv1.norm.bias" in plain and not any("fc" in k for k in plain)
+
+
+def _deeplab_basic_cfg(**resnets):
+    cfg = get_cfg()
+    cfg.merge_from_file(
+        os.path.join(REPO, "configs", "Cityscapes", "deeplab_v3_R18_OS16_poly_90k.yaml")
+    )
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    for key, value in resnets.items():
+        cfg.MODEL.RESNETS[key] = value
+    return cfg
+
+
+def test_dilated_resnet18_for_deeplab_loads_torchvision_weights_and_matches_it(tmp_path):
+    net = _torchvision_resnet(18)
+    dst = str(tmp_path / "d2.pkl")
+    save_d2_checkpoint(convert_torchvision_resnet(net.state_dict())[0], dst)
+    # without dilation it is exactly torchvision's ResNet-18
+    model = build_model(_deeplab_basic_cfg(RES5_DILATION=1, RES5_MULTI_GRID=[1, 1])).eval()
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(dst))
+    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    assert not [k for k in incompatible.missing_keys if k.startswith("backbone.")]
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        expected, got = _stages(net, x), model.backbone(x)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-4)
+
+    # output stride 16 (the recipe) and 8: the dilated stages keep their input's resolution
+    for dilations, stride in (((1, 2), 16), ((2, 4), 8)):
+        cfg = _deeplab_basic_cfg(RES4_DILATION=dilations[0], RES5_DILATION=dilations[1])
+        backbone = build_model(cfg).backbone
+        assert backbone.output_shape()["res5"].stride == stride
+        with torch.no_grad():
+            assert backbone(x)["res5"].shape[-2:] == (64 // stride, 128 // stride)
+        assert backbone.res5[1].conv1.dilation == (dilations[1] * 2,) * 2  # multi-grid [1, 2]
+
+
+@pytest.mark.parametrize(
+    "resnets, match",
+    [
+        (dict(DEPTH=50), r"builds ResNet-18/34; MODEL.RESNETS.DEPTH is 50"),
+        (dict(RES5_MULTI_GRID=[1, 2, 4]), r"ResNet-18 has 2 res5 blocks, so it needs 2 factors"),
+        (dict(RES4_DILATION=2, RES5_DILATION=2), r"RES4_DILATION 2 .* needs RES5_DILATION 4"),
+        (dict(STEM_TYPE="deep"), r"STEM_TYPE='deep'; expected one of \['basic', 'deeplab'\]"),
+    ],
+)
+def test_dilated_basic_backbone_errors(resnets, match):
+    from d2dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        build_model(_deeplab_basic_cfg(**resnets))

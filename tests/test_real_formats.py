@@ -255,9 +255,13 @@ def test_the_evaluators_see_a_worse_model(real_datasets, tmp_path, monkeypatch):
 # ---- instant distillation runs on the real layouts (two iterations, tiny widths) -------------
 _TINY_BACKBONE = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
                   "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-                  "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.WEIGHTS", ""]  # fmt: skip
+                  "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.WEIGHTS", "",
+                  "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", "32", "MODEL.RESNETS.NORM", "BN",
+                  "MODEL.SEM_SEG_HEAD.NORM", "BN"]  # fmt: skip
+# the teacher's ASPP (DeepLab) pools with a kernel set by its own config's training crop
 _TEACHER_TINY = _TINY_BACKBONE + ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS",
-                                  "64", "MODEL.RESNETS.WIDTH_PER_GROUP", "16"]  # fmt: skip
+                                  "64", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
+                                  "INPUT.CROP.SIZE", "(64, 128)"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -267,6 +271,9 @@ _TEACHER_TINY = _TINY_BACKBONE + ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RE
          "cityscapes_fine_sem_seg_val", ("sem_seg", "IoU")),
         ("Cityscapes/reviewkd_mask_rcnn_R18_from_R50_FPN", "Cityscapes/mask_rcnn_R50_FPN",
          "cityscapes_fine_instance_seg_val", ("segm", "AP")),
+        ("Cityscapes/dist_deeplab_v3_R18_from_R103_OS16_90k",
+         "Cityscapes/deeplab_v3_R103_OS16_mg124_poly_90k", "cityscapes_fine_sem_seg_val",
+         ("sem_seg", "IoU")),
         ("COCO-Detection/reviewkd_faster_rcnn_R18_from_R101_FPN_1x",
          "model_zoo:COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml", "coco_2017_val", ("bbox", "AP")),
         ("COCO-InstanceSegmentation/distplus_mask_rcnn_R50_from_R101_FPN_1x",

@@ -1,6 +1,6 @@
 """d2dist's models: the Distiller and its parts (teacher, recorder, targets, adapters, losses)."""
 
-from . import meta_arch  # noqa: F401  registers Distiller and FCOS
+from . import backbone, meta_arch  # noqa: F401  registers Distiller, FCOS, a dilated ResNet-18/34
 from .adapters import ADAPTER_REGISTRY, build_adapter
 from .losses import DISTILL_LOSS_REGISTRY, DistillTerm, build_distill_terms
 from .meta_arch import Distiller
