@@ -208,6 +208,21 @@ def test_teacher_channels_last_gives_the_same_losses(tmp_path, rcnn_teacher):
         torch.testing.assert_close(losses[True][key], losses[False][key], rtol=1e-4, atol=1e-6)
 
 
+def test_a_non_finite_term_names_the_term_the_level_and_the_iteration(tmp_path, rcnn_teacher):
+    model = build_model(_cfg(rcnn_teacher))
+
+    def poison_p3(module, args, out):  # the teacher's p3 turns to NaN
+        out["p3"] = torch.full_like(out["p3"], float("nan"))
+
+    model.teacher.backbone.register_forward_hook(poison_p3)
+    with pytest.raises(FloatingPointError) as e:
+        _train_step(model, inputs("faster_rcnn"), iteration=7)
+    message = str(e.value)
+    assert "at iteration 7" in message and "distill/mimic/p3 = nan" in message
+    assert "loss_distill_mimic = nan" in message and "distill/mimic/p2" not in message
+    assert "WARMUP_ITERS" in message
+
+
 def test_weight_schedule_warms_up_and_stops(tmp_path, rcnn_teacher):
     model = build_model(
         _cfg(rcnn_teacher, WEIGHT_SCHEDULE__WARMUP_ITERS=4, WEIGHT_SCHEDULE__STOP_ITER=6)

@@ -1,6 +1,7 @@
 """The ``Distiller`` meta-architecture: a student, a frozen teacher and distillation terms."""
 
 import logging
+import math
 from typing import Dict, List
 
 import torch
@@ -144,18 +145,34 @@ class Distiller(nn.Module):
             student_losses = self.student(batched_inputs)
         losses = self._student_losses(student_losses)
         targets = self.extractor.extract(batched_inputs, recorder)
-        scalars = {}
+        scalars, totals = {}, {}
         for term in self.terms:
             value, parts, *extra = term(targets)
             scale = term.weight * factor
             losses[term.loss_key] = value * scale
+            totals[term.loss_key] = value
             for suffix, extra_value in (extra[0] if extra else {}).items():
                 losses[f"{term.loss_key}_{suffix}"] = extra_value * scale
+                totals[f"{term.loss_key}_{suffix}"] = extra_value
             name = term.CONFIG_KEY.lower()
             scalars.update({f"distill/{name}/{k}": v for k, v in parts.items()})
-        if scalars:  # one device-to-host copy for all levels of all terms, not one per value
-            values = torch.stack([v.detach().float() for v in scalars.values()]).tolist()
-            storage.put_scalars(**dict(zip(scalars, values)), smoothing_hint=True)
+        # One device-to-host copy for every level of every term (not one per value), which also
+        # serves the finiteness check.
+        checked = {**scalars, **totals}
+        values = dict(
+            zip(checked, torch.stack([v.detach().float() for v in checked.values()]).tolist())
+        )
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(
+                f"non-finite distillation loss at iteration {storage.iter}: "
+                + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                + " (distill/<term>/<level> are the unweighted per-level values). Lower that "
+                "term's WEIGHT or SOLVER.BASE_LR, warm it up (MODEL.DISTILL.WEIGHT_SCHEDULE."
+                "WARMUP_ITERS), or check the teacher (tools/train_net.py --eval-teacher)."
+            )
+        if scalars:
+            storage.put_scalars(**{k: values[k] for k in scalars}, smoothing_hint=True)
         if self.warmup_iters > 0 or self.stop_iter >= 0:
             storage.put_scalar("distill/weight_factor", factor, smoothing_hint=False)
         return losses
