@@ -211,3 +211,21 @@ def _student_cfg(cfg):
     scfg = student_config(cfg)
     scfg.MODEL.DEVICE = "cpu"
     return scfg
+
+
+def test_two_runs_with_one_seed_and_one_worker_are_identical(teacher_weights, tmp_path):
+    finals = []
+    for run in ("a", "b"):
+        out = str(tmp_path / run)
+        opts = _distill_opts(teacher_weights, out, max_iter=4)
+        _main("--config-file", DISTILL_CFG, *opts, "SEED", "3", "DATALOADER.NUM_WORKERS", "1")
+        with open(os.path.join(out, "metrics.json")) as f:
+            losses = [json.loads(line) for line in f if "total_loss" in line][-1]
+        state = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+        finals.append((losses, state))
+    (losses_a, state_a), (losses_b, state_b) = finals
+    keys = [k for k in losses_a if k.startswith("loss_")]
+    assert keys and {k: losses_a[k] for k in keys} == {k: losses_b[k] for k in keys}
+    assert state_a.keys() == state_b.keys()
+    for k in state_a:
+        assert torch.equal(state_a[k], state_b[k]), k
