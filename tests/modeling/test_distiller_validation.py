@@ -223,6 +223,27 @@ def test_a_non_finite_term_names_the_term_the_level_and_the_iteration(tmp_path, 
     assert "WARMUP_ITERS" in message
 
 
+def test_a_deeplab_teacher_needs_the_students_crops_for_pixel_logits(tmp_path):
+    from d2dist.config import ConfigError
+
+    teacher = write_teacher(str(tmp_path), "deeplab_v3", INPUT__CROP__ENABLED=True,
+                            INPUT__CROP__TYPE="absolute", INPUT__CROP__SIZE=(64, 64))  # fmt: skip
+    cfg = distill_cfg("deeplab_v3", *teacher, losses=("DIST",))
+    cfg.MODEL.DISTILL.DIST.TARGET = "pixel"
+    with pytest.raises(ConfigError, match=r"training crop INPUT.CROP.SIZE=\(64, 64\) .* trains on "
+                       r"uncropped images"):  # fmt: skip
+        build_model(cfg)
+    cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", (32, 32)
+    with pytest.raises(ConfigError, match=r"trains on crops of \(32, 32\)"):
+        build_model(cfg)
+    cfg.INPUT.CROP.SIZE = (64, 64)  # the same crops
+    _train_step(build_model(cfg), inputs("deeplab_v3"))
+    cfg.INPUT.CROP.ENABLED = False  # or a teacher with global pooling, same weights
+    cfg.MODEL.DISTILL.TEACHER.OPTS = ["INPUT.CROP.ENABLED", "False"]
+    losses = _train_step(build_model(cfg), inputs("deeplab_v3"))
+    assert torch.isfinite(losses["loss_distill_dist"])
+
+
 def test_weight_schedule_warms_up_and_stops(tmp_path, rcnn_teacher):
     model = build_model(
         _cfg(rcnn_teacher, WEIGHT_SCHEDULE__WARMUP_ITERS=4, WEIGHT_SCHEDULE__STOP_ITER=6)

@@ -6,6 +6,7 @@ from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import ASPP
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -99,10 +100,13 @@ class Distiller(nn.Module):
         )
         student.to(torch.device(cfg.MODEL.DEVICE))
         teacher = build_teacher(cfg)
+        terms = build_distill_terms(cfg, student, teacher)
+        if any("pixel" in term.request().logits for term in terms):
+            _check_teacher_pooling(cfg, teacher)
         return {
             "student": student,
             "teacher": teacher,
-            "terms": build_distill_terms(cfg, student, teacher),
+            "terms": terms,
             "input_format": cfg.INPUT.FORMAT,
             "teacher_input_format": teacher.cfg.INPUT.FORMAT,
             "student_loss_weight": d.STUDENT_LOSS_WEIGHT,
@@ -181,3 +185,24 @@ class Distiller(nn.Module):
         if self.student_loss_weight == 1.0:
             return dict(losses)
         return {k: v * self.student_loss_weight for k, v in losses.items()}
+
+
+def _check_teacher_pooling(cfg, teacher: nn.Module) -> None:
+    """A DeepLab teacher's ASPP pools image features with a kernel fixed by its own training crop
+    (``INPUT.CROP.SIZE``); it runs on the student's training images, so they must be those crops.
+    """
+    fixed = [m for m in teacher.modules() if isinstance(m, ASPP) and m.pool_kernel_size]
+    if not fixed:
+        return
+    t_crop, s_crop = teacher.cfg.INPUT.CROP, cfg.INPUT.CROP
+    if s_crop.ENABLED and s_crop.TYPE == "absolute" and tuple(s_crop.SIZE) == tuple(t_crop.SIZE):
+        return
+    student = f"crops of {tuple(s_crop.SIZE)}" if s_crop.ENABLED else "uncropped images"
+    raise ConfigError(
+        f"the teacher's DeepLab head pools with a kernel made for its training crop "
+        f"INPUT.CROP.SIZE={tuple(t_crop.SIZE)} (teacher config), but the student trains on "
+        f"{student} (INPUT.CROP), and the teacher runs on the student's images. Train the "
+        f"student on the same crops (INPUT.CROP.ENABLED True, TYPE absolute, SIZE "
+        f"{tuple(t_crop.SIZE)}), or give the teacher global pooling, with the same weights: "
+        "MODEL.DISTILL.TEACHER.OPTS ['INPUT.CROP.ENABLED', 'False']."
+    )
