@@ -108,6 +108,13 @@ def test_unknown_dataset_name(tmp_path):
         setup(args)
 
 
+def test_amp_on_the_cpu_is_refused_before_training(tmp_path):
+    args = _args("--config-file", STUDENT_CFG, *TINY, "SOLVER.AMP.ENABLED", "True",
+                 "OUTPUT_DIR", str(tmp_path))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is 'cpu'"):
+        setup(args)
+
+
 def test_missing_config_file(tmp_path):
     missing = str(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=r"--config-file .*nope.yaml' does not exist"):

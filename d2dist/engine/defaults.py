@@ -111,6 +111,13 @@ def load_config(config_file: str, opts: Sequence[str], *, training: bool = True)
     _merge(cfg, cfg.merge_from_list, opts, "command-line overrides")
     _resolve_device(cfg, opts)
     _check_datasets(cfg, training=training)
+    if training and cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ConfigError(
+            f"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: Detectron2's "
+            "AMPTrainer runs CUDA autocast and a CUDA GradScaler only. Train on a GPU, or pass "
+            "SOLVER.AMP.ENABLED False on the CPU (a teacher can still run in bfloat16 there with "
+            "MODEL.DISTILL.TEACHER.AUTOCAST, though on CPUs without native bfloat16 it is slower)."
+        )
     return cfg
 
 
