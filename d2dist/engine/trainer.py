@@ -1,6 +1,8 @@
 """d2dist's trainers: Detectron2's DefaultTrainer, plus student-only initialisation for distillation."""
 
 import logging
+import os
+import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer
@@ -11,7 +13,47 @@ from fvcore.common.checkpoint import _strip_prefix_if_present
 
 from ..evaluation import build_evaluator
 
-__all__ = ["Trainer", "DistillTrainer", "StudentCheckpointer", "trainer_class"]
+__all__ = [
+    "AtomicCheckpointer",
+    "Trainer",
+    "DistillTrainer",
+    "StudentCheckpointer",
+    "trainer_class",
+]
+
+_PARTIAL = ".partial"
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, but a checkpoint appears only once it is completely written.
+
+    Each checkpoint is written as ``<name>.partial.pth`` and renamed to ``<name>.pth`` (an atomic
+    rename on one file system) before ``last_checkpoint`` is updated, itself by an atomic rename;
+    a run killed while saving leaves at most a ``.partial`` file and resumes from the previous
+    complete checkpoint.
+    """
+
+    def save(self, name: str, **kwargs) -> None:
+        if self.save_dir and os.path.isdir(self.save_dir):
+            name += _PARTIAL
+        super().save(name, **kwargs)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not os.path.isdir(self.save_dir):  # a remote directory: Detectron2's own way
+            return super().tag_last_checkpoint(last_filename_basename)
+        partial = _PARTIAL + ".pth"
+        if last_filename_basename.endswith(partial):
+            final = last_filename_basename[: -len(partial)] + ".pth"
+            os.replace(
+                os.path.join(self.save_dir, last_filename_basename),
+                os.path.join(self.save_dir, final),
+            )
+            last_filename_basename = final
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        with open(tag + _PARTIAL, "w") as f:
+            f.write(last_filename_basename)
+        os.replace(tag + _PARTIAL, tag)
+
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +65,20 @@ class Trainer(DefaultTrainer):
     evaluator of each test dataset (COCO, semantic segmentation, Cityscapes, ...) from its
     metadata, so teachers, baselines and distilled students are scored by the same code. The LR
     schedulers are Detectron2's plus the DeepLab project's ``WarmupPolyLR`` (its segmentation
-    recipes' schedule).
+    recipes' schedule). Checkpoints are written atomically (:class:`AtomicCheckpointer`).
     """
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    def build_hooks(self):
+        # Called by DefaultTrainer.__init__ once its checkpointer exists: swap in the atomic one
+        # before the checkpointing hook is built around it.
+        self.checkpointer = AtomicCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

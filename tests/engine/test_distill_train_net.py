@@ -229,3 +229,76 @@ def test_two_runs_with_one_seed_and_one_worker_are_identical(teacher_weights, tm
     assert state_a.keys() == state_b.keys()
     for k in state_a:
         assert torch.equal(state_a[k], state_b[k]), k
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(teacher_weights, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = str(tmp_path / "run")
+    opts = _distill_opts(teacher_weights, out, max_iter=40)  # checkpoints every 2 iterations
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "train_net.py"),
+        "--config-file",
+        DISTILL_CFG,
+    ]
+    proc = subprocess.Popen(cmd + opts, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tag = os.path.join(out, "last_checkpoint")
+    deadline = time.time() + 120
+    while not os.path.exists(tag) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before its first checkpoint"
+
+    # Only complete checkpoints are tagged and named *.pth; a save cut short stays *.partial.pth.
+    with open(tag) as f:
+        saved_name = f.read().strip()
+    assert saved_name.endswith(".pth") and ".partial" not in saved_name
+    saved = torch.load(os.path.join(out, saved_name), map_location="cpu", weights_only=False)
+
+    # Resuming restores exactly that state: weights, adapters, optimizer, scheduler, iteration.
+    trainer = DistillTrainer(_cfg(*opts))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == saved["iteration"] + 1
+    state = trainer.checkpointer.model.state_dict()
+    assert state.keys() == saved["model"].keys()
+    assert all(torch.equal(state[k], saved["model"][k]) for k in state)
+    assert any(k.startswith("terms.0.adapters") for k in state)
+    resumed_opt = trainer.optimizer.state_dict()["state"]
+    saved_opt = saved["trainer"]["_trainer"]["optimizer"]["state"]
+    assert resumed_opt.keys() == saved_opt.keys() and resumed_opt
+    for k in saved_opt:
+        assert torch.equal(resumed_opt[k]["momentum_buffer"], saved_opt[k]["momentum_buffer"])
+    saved_scheduler = saved["trainer"]["hooks"]["LRScheduler"]
+    assert trainer.scheduler.state_dict()["last_epoch"] == saved_scheduler["last_epoch"]
+    del trainer
+
+    # ... and the resumed run (a real process again) reaches MAX_ITER.
+    subprocess.run(cmd + ["--resume"] + opts, check=True, stdout=subprocess.DEVNULL)
+    final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert final["iteration"] == 39
+
+
+def test_checkpoints_appear_only_when_complete(tmp_path, monkeypatch):
+    from d2dist.engine.trainer import AtomicCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000009")
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+
+    def interrupted(data, f):  # the process dies half way through writing
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_0000019")
+    assert not (tmp_path / "model_0000019.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert checkpointer.get_checkpoint_file().endswith("model_0000009.pth")
