@@ -242,21 +242,32 @@ def _out(job: Job, out_root: str) -> str:
     return os.path.join(out_root, job.name)
 
 
+def _stamp(out: str) -> str:
+    return os.path.join(out, "study_fingerprint.txt")
+
+
+def _holds_same_run(job: Job, out: str) -> bool:
+    """Whether ``out`` holds a run of exactly this job (its fingerprint stamp matches)."""
+    stamp = _stamp(out)
+    if not os.path.isfile(stamp):
+        return False
+    with open(stamp) as f:
+        return f.read().strip() == job.fingerprint
+
+
 def _prepare(job: Job, out_root: str, fresh: bool) -> bool:
     """Make the job's directory; True when it holds an earlier run of the same job to resume."""
     out = _out(job, out_root)
-    stamp = os.path.join(out, "study_fingerprint.txt")
     resume = False
     if os.path.isdir(out):
-        same = os.path.isfile(stamp) and open(stamp).read().strip() == job.fingerprint
-        if same and not fresh:
+        if _holds_same_run(job, out) and not fresh:
             resume = True
         else:
             aside = f"{out}.old-{time.strftime('%Y%m%d-%H%M%S')}"
             os.rename(out, aside)
             tqdm.write(f"[{job.name}] earlier run moved aside to {aside}")
     os.makedirs(out, exist_ok=True)
-    with open(stamp, "w") as f:
+    with open(_stamp(out), "w") as f:
         f.write(job.fingerprint + "\n")
     return resume
 
@@ -336,9 +347,7 @@ def read_finished(jobs: List[Job], out_root: str) -> None:
     missing = []
     for job in jobs:
         out = _out(job, out_root)
-        stamp = os.path.join(out, "study_fingerprint.txt")
-        same = os.path.isfile(stamp) and open(stamp).read().strip() == job.fingerprint
-        job.results = final_results(out) if same else {}
+        job.results = final_results(out) if _holds_same_run(job, out) else {}
         if not job.results:
             missing.append(job.name)
     if missing:
@@ -467,8 +476,9 @@ def plot(
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    first_seed = min(j.seed for j in jobs if j.seed is not None)  # curves of one seed
     for job in jobs:
-        if job.method is None or job.seed != min(j.seed for j in jobs if j.seed is not None):
+        if job.method is None or job.seed != first_seed:
             continue
         curves = loss_curves(_out(job, out_root))
         for ax, key in zip(axes, ("detection", "distill")):
@@ -490,13 +500,9 @@ def plot(
 def _machine() -> str:
     import platform
 
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from d2dist.engine.benchmark import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write_report(

@@ -20,6 +20,7 @@ pays over training the student alone.
 
 import logging
 import os
+import platform
 import resource
 import statistics
 import time
@@ -34,7 +35,14 @@ from ..config import ConfigError
 from ..modeling.targets import Targets
 from .trainer import DistillTrainer
 
-__all__ = ["PHASES", "BenchmarkResult", "PeakMemory", "benchmark", "machine_description"]
+__all__ = [
+    "PHASES",
+    "BenchmarkResult",
+    "PeakMemory",
+    "benchmark",
+    "cpu_model",
+    "machine_description",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -227,18 +235,19 @@ def benchmark(cfg, *, iters: int, warmup: int, progress: Callable = None) -> Ben
     return result
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine_description(device: torch.device) -> str:
     """One line naming the hardware and software the numbers were measured on."""
-    import platform
-
     if device.type == "cuda":
         hw = torch.cuda.get_device_name(device)
     else:
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-        except (OSError, StopIteration):
-            pass
-        hw = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+        hw = f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     return f"{hw}; torch {torch.__version__}, Python {platform.python_version()}"

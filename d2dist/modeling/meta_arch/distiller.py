@@ -191,8 +191,7 @@ def _check_teacher_pooling(cfg, teacher: nn.Module) -> None:
     """A DeepLab teacher's ASPP pools image features with a kernel fixed by its own training crop
     (``INPUT.CROP.SIZE``); it runs on the student's training images, so they must be those crops.
     """
-    fixed = [m for m in teacher.modules() if isinstance(m, ASPP) and m.pool_kernel_size]
-    if not fixed:
+    if not any(isinstance(m, ASPP) and m.pool_kernel_size for m in teacher.modules()):
         return
     t_crop, s_crop = teacher.cfg.INPUT.CROP, cfg.INPUT.CROP
     if s_crop.ENABLED and s_crop.TYPE == "absolute" and tuple(s_crop.SIZE) == tuple(t_crop.SIZE):
