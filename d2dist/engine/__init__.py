@@ -2,10 +2,17 @@
 
 from .defaults import argument_parser, evaluate_teacher, launch_cli, setup, train_or_eval
 from .export import export_student, student_config
-from .trainer import DistillTrainer, StudentCheckpointer, Trainer, trainer_class
+from .trainer import (
+    DistillTrainer,
+    StudentCheckpointer,
+    Trainer,
+    create_ddp_model,
+    trainer_class,
+)
 
 __all__ = [
     "argument_parser",
+    "create_ddp_model",
     "evaluate_teacher",
     "DistillTrainer",
     "StudentCheckpointer",

@@ -204,17 +204,30 @@ def train_or_eval(cfg: CfgNode, args):
     return trainer._last_eval_results
 
 
+def _cpu_processes(args) -> bool:
+    """Whether ``--num-gpus N`` asks for N CPU processes: ``MODEL.DEVICE cpu`` on the command
+    line of a machine without CUDA (Detectron2's launcher then uses the gloo backend)."""
+    opts = list(args.opts)
+    devices = [v for k, v in zip(opts[::2], opts[1::2]) if k == "MODEL.DEVICE"]
+    return bool(devices) and devices[-1] == "cpu" and not torch.cuda.is_available()
+
+
 def launch_cli(main: Callable, args) -> int:
     """Run ``main(args)`` through Detectron2's ``launch``; a :class:`ConfigError` exits with 2.
 
-    Returns the process exit status.
+    ``--num-gpus N`` starts N processes, one per GPU (NCCL), or, with ``MODEL.DEVICE cpu`` on a
+    machine without CUDA, N CPU processes (gloo). A :class:`ConfigError` raised in any of them
+    is printed like one of a single process. Returns the process exit status.
     """
+    prog = os.path.basename(sys.argv[0])
     try:
-        if args.num_gpus > 1 and args.num_gpus > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        if args.num_gpus > 1 and args.num_gpus > gpus and not _cpu_processes(args):
             raise ConfigError(
                 f"--num-gpus {args.num_gpus} asks for {args.num_gpus} GPUs per machine, but "
-                f"{torch.cuda.device_count()} CUDA devices are visible. Pass --num-gpus "
-                f"{max(torch.cuda.device_count(), 1)} or run on a machine with more GPUs."
+                f"{gpus} CUDA devices are visible. Pass --num-gpus {max(gpus, 1)} or run on a "
+                "machine with more GPUs (on a machine without CUDA, --num-gpus N MODEL.DEVICE cpu "
+                "runs N CPU processes with the gloo backend)."
             )
         launch(
             main,
@@ -225,6 +238,15 @@ def launch_cli(main: Callable, args) -> int:
             args=(args,),
         )
     except ConfigError as e:
-        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except torch.multiprocessing.ProcessRaisedException as e:
+        # A worker's exception arrives as its formatted traceback; show a ConfigError's message
+        # alone, as for one process.
+        marker = f"{ConfigError.__module__}.{ConfigError.__name__}: "
+        text = str(e)
+        if marker not in text:
+            raise
+        print(f"{prog}: error: {text[text.rindex(marker) + len(marker):].strip()}", file=sys.stderr)
         return 2
     return 0

@@ -1,20 +1,26 @@
 """d2dist's trainers: Detectron2's DefaultTrainer, plus student-only initialisation for distillation."""
 
+import contextlib
 import logging
 import os
 import weakref
 
+import detectron2.engine.defaults as d2_defaults
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer
 from detectron2.projects.deeplab.build_solver import (
     build_lr_scheduler as build_deeplab_lr_scheduler,
 )
+from detectron2.utils import comm
 from fvcore.common.checkpoint import _strip_prefix_if_present
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..evaluation import build_evaluator
 
 __all__ = [
     "AtomicCheckpointer",
+    "create_ddp_model",
     "Trainer",
     "DistillTrainer",
     "StudentCheckpointer",
@@ -57,6 +63,41 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
 logger = logging.getLogger(__name__)
 
+_d2_create_ddp_model = d2_defaults.create_ddp_model
+
+
+def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
+    """Detectron2's ``create_ddp_model``, for CPU processes (gloo) too, and with
+    ``find_unused_parameters`` set when the model says some of its parameters may go unused.
+
+    With one process the model is returned as is. Detectron2 passes ``device_ids=[local rank]``,
+    which DDP refuses for a module on the CPU; there it passes none. A model with a
+    ``needs_find_unused_parameters`` attribute (the :class:`~d2dist.modeling.Distiller`: a
+    weight schedule that stops, or acclimation that starts late or freezes) gets
+    ``find_unused_parameters=True``: parameters unused in a step then keep ``grad=None`` on every
+    rank (so the optimizer leaves them alone), where plain DDP would fail at the next step.
+    """
+    if comm.get_world_size() == 1:
+        return model
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        kwargs["device_ids"] = None
+    kwargs.setdefault(
+        "find_unused_parameters", bool(getattr(model, "needs_find_unused_parameters", False))
+    )
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+@contextlib.contextmanager
+def _ddp_factory(factory):
+    """Make ``DefaultTrainer.__init__`` wrap its model with ``factory`` (its DDP step is a call
+    of the module-level ``create_ddp_model``; there is no method to override)."""
+    saved = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = factory
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = saved
+
 
 class Trainer(DefaultTrainer):
     """Detectron2's ``DefaultTrainer`` for any registered meta-architecture.
@@ -66,7 +107,22 @@ class Trainer(DefaultTrainer):
     metadata, so teachers, baselines and distilled students are scored by the same code. The LR
     schedulers are Detectron2's plus the DeepLab project's ``WarmupPolyLR`` (its segmentation
     recipes' schedule). Checkpoints are written atomically (:class:`AtomicCheckpointer`).
+    With several processes the model is wrapped by :func:`create_ddp_model` (GPUs with NCCL,
+    or CPU processes with gloo).
     """
+
+    def __init__(self, cfg):
+        with _ddp_factory(create_ddp_model):
+            super().__init__(cfg)
+        model = self._trainer.model
+        if comm.get_world_size() > 1:
+            assert isinstance(model, DistributedDataParallel), type(model)
+            logger.info(
+                "DistributedDataParallel over %d processes wraps %s (find_unused_parameters=%s)",
+                comm.get_world_size(),
+                type(model.module).__name__,
+                model.find_unused_parameters,
+            )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

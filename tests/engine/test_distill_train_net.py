@@ -302,3 +302,65 @@ def test_checkpoints_appear_only_when_complete(tmp_path, monkeypatch):
     assert not (tmp_path / "model_0000019.pth").exists()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     assert checkpointer.get_checkpoint_file().endswith("model_0000009.pth")
+
+
+def _ddp_run(teacher_weights, tmp_path, *opts):
+    """Train with two CPU processes (gloo) through train_net's code; each rank's final state."""
+    import subprocess
+    import sys
+
+    out, dump = str(tmp_path / "run"), tmp_path / "ranks"
+    dump.mkdir()
+    cmd = [
+        sys.executable, os.path.join(REPO, "tests", "_ddp_worker.py"), "--dump", str(dump),
+        "--num-gpus", "2", "--config-file", DISTILL_CFG,
+        *_distill_opts(teacher_weights, out, max_iter=4), "SOLVER.IMS_PER_BATCH", "4", *opts,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [torch.load(dump / f"rank{r}.pth", weights_only=False) for r in (0, 1)]
+    for rank in ranks:  # the teacher is a plain, frozen module on each rank, outside DDP
+        assert rank["type"] == "DistributedDataParallel"
+        assert rank["teacher_params_in_ddp"] == 0 and not rank["teacher_training"]
+    assert len(ranks[0]["files"]) == 4
+    for step0, step1 in zip(ranks[0]["files"], ranks[1]["files"]):
+        assert len(step0) == len(step1) == 2 and not set(step0) & set(step1)  # each its own data
+    a, b = ranks[0]["params"], ranks[1]["params"]
+    assert a.keys() == b.keys()
+    for name in a:  # gradients were averaged: identical weights although the data differed
+        assert torch.equal(a[name], b[name]), name
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+    assert all(torch.equal(final[name], a[name]) for name in a)
+    return ranks
+
+
+def test_two_cpu_processes_train_to_identical_weights(teacher_weights, tmp_path):
+    ranks = _ddp_run(
+        teacher_weights, tmp_path,
+        "MODEL.DISTILL.LOSSES", "['ReviewKD', 'DIST', 'DIST_FEATURE']",
+        "MODEL.DISTILL.REVIEWKD.MID_CHANNELS", "8", "MODEL.DISTILL.REVIEWKD.WEIGHT", "0.01",
+        "MODEL.DISTILL.DIST_FEATURE.WEIGHT", "0.1", "MODEL.DISTILL.ACCLIMATION.ENABLED", "True",
+    )  # fmt: skip
+    rank = ranks[0]
+    # Every parameter (student, ABF chain, adapters, acclimation) takes part in every step, so
+    # DDP skips the unused-parameter search; a parameter left out would fail the second step.
+    assert rank["find_unused_parameters"] is False
+    names = list(rank["params"])
+    for part in ("terms.0.adapter.abfs", "terms.2.adapters", "terms.1.acclimation.log_t",
+                 "terms.2.acclimation"):  # fmt: skip
+        assert any(n.startswith(part) for n in names), part
+    moved = [n for n in names if not torch.equal(rank["params"][n], rank["initial"][n])]
+    assert any(n.startswith("student.") for n in moved)
+    assert any(n.startswith("terms.0.adapter") for n in moved)
+    assert any(".acclimation." in n for n in moved)
+
+
+def test_two_cpu_processes_with_a_stopping_schedule(teacher_weights, tmp_path):
+    # From STOP_ITER on the terms do not run: DDP must look for unused parameters, and those keep
+    # grad None on both ranks, so the optimizer leaves them alone.
+    ranks = _ddp_run(teacher_weights, tmp_path, "MODEL.DISTILL.WEIGHT_SCHEDULE.STOP_ITER", "1")
+    for rank in ranks:
+        assert rank["find_unused_parameters"] is True
+        none = rank["grad_is_none"]
+        assert all(none[n] for n in none if n.startswith("terms."))
+        assert not all(none[n] for n in none if n.startswith("student."))

@@ -74,6 +74,11 @@ def test_distiller_trains_and_evaluates_like_the_student(arch, tmp_path):
         assert f"distill/mimic/{level}" in logged
         assert f"loss_distill_mimic_{level}" not in losses
 
+    # Every trainable parameter (student and adapters) had a gradient in the last step: DDP
+    # without find_unused_parameters (the default for such configs) relies on it.
+    assert not model.needs_find_unused_parameters
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
     assert not teacher.training and all(not m.training for m in teacher.modules())
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     for k, v in teacher.state_dict().items():

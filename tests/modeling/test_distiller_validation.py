@@ -285,3 +285,23 @@ def test_model_zoo_teacher_config_resolves():
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = "model_zoo:COCO-Detection/nope.yaml"
     with pytest.raises(ConfigError, match="model_zoo:COCO-Detection/nope.yaml"):
         load_teacher_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({}, False),
+        ({"WEIGHT_SCHEDULE__WARMUP_ITERS": 5}, False),
+        ({"WEIGHT_SCHEDULE__STOP_ITER": 5}, True),  # the terms do not run from then on
+        ({"LOSSES": ["DIST"], "ACCLIMATION__ENABLED": True}, False),
+        ({"LOSSES": ["DIST"], "ACCLIMATION__ENABLED": True, "ACCLIMATION__START_ITER": 3}, True),
+        ({"LOSSES": ["DIST"], "ACCLIMATION__ENABLED": True, "ACCLIMATION__STOP_ITER": 3}, True),
+    ],
+)
+def test_ddp_looks_for_unused_parameters_only_when_some_go_unused(rcnn_teacher, change, expected):
+    model = build_model(_cfg(rcnn_teacher, **change))
+    assert model.needs_find_unused_parameters is expected
+    if "ACCLIMATION__START_ITER" in change:  # before START_ITER acclimation takes no part
+        model.zero_grad()
+        sum(_train_step(model, inputs("faster_rcnn"), iteration=0).values()).backward()
+        assert model.terms[0].acclimation.log_t.grad is None

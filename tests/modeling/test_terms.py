@@ -96,6 +96,8 @@ CASES = [
     ("semantic_fpn", ["DIST", "CWD"], {"CWD.TARGET": "pixel", "CWD.TAU": 4.0}, {}),
     ("semantic_fpn", ["DIST"], {"DIST.MASK_IGNORE": True}, {}),
     ("deeplab_v3", ["DIST"], {}, {}),
+    ("faster_rcnn", ["DIST", "DIST_FEATURE"], {"ACCLIMATION.ENABLED": True}, {}),
+    ("retinanet", ["DIST"], {"ACCLIMATION.ENABLED": True}, {}),
 ]  # fmt: skip
 
 
@@ -128,6 +130,11 @@ def test_term_end_to_end(tmp_path, arch, terms, distill, teacher):
     for term in model.terms:
         for name, p in term.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # Every trainable parameter takes part in every step, so multi-GPU training (DDP) runs
+    # without its search for unused parameters.
+    assert not model.needs_find_unused_parameters
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused
     assert any(
         p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.backbone.parameters()
     )

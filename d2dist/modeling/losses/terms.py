@@ -46,7 +46,8 @@ targets it needs, and ``forward(targets)`` returns ``(loss, per_level)`` or
 and optional extra losses (suffix -> 0-dim tensor, added as ``loss_distill_<key>_<suffix>``).
 All are multiplied by the term's weight and the schedule. Its ``CONFIG_KEY`` names its
 namespace under ``MODEL.DISTILL`` (which holds at least ``WEIGHT``) and its loss key
-``loss_distill_<key>``.
+``loss_distill_<key>``. A term whose trainable parameters do not all take part in every step
+says so with ``skips_parameters()`` (multi-GPU training then looks for unused parameters).
 """
 
 
@@ -75,6 +76,10 @@ class DistillTerm(nn.Module):
 
     def request(self) -> TargetRequest:
         raise NotImplementedError
+
+    def skips_parameters(self) -> bool:
+        """Whether some steps leave some of this term's trainable parameters unused."""
+        return False
 
     def forward(self, targets: Targets):
         """``(loss, per_level)`` or ``(loss, per_level, extra)``: see the registry's docstring."""
@@ -264,6 +269,11 @@ class _AcclimatedTerm(DistillTerm):
         self.acclimation = acclimation
         self.acclimation_schedule = acclimation_schedule
         self.acclimation_lambda = acclimation_lambda
+
+    def skips_parameters(self) -> bool:
+        """Acclimation is unused while ``off`` (before START_ITER) and ``frozen``."""
+        s = self.acclimation_schedule
+        return self.acclimation is not None and (s.start_iter > 0 or s.stop_iter >= 0)
 
     def _phase(self) -> str:
         if self.acclimation is None:

@@ -125,6 +125,14 @@ class Distiller(nn.Module):
     def device(self) -> torch.device:
         return self.student.device
 
+    @property
+    def needs_find_unused_parameters(self) -> bool:
+        """Whether some steps leave trainable parameters unused: from the schedule's STOP_ITER
+        on (the terms do not run), or a term that says so (acclimation off or frozen). DDP is
+        then built with ``find_unused_parameters=True`` (:func:`d2dist.engine.create_ddp_model`);
+        otherwise every parameter takes part in every step and DDP skips that search."""
+        return self.stop_iter >= 0 or any(term.skips_parameters() for term in self.terms)
+
     def schedule_factor(self, iteration: int) -> float:
         """The factor of every term's weight at ``iteration``."""
         if self.stop_iter >= 0 and iteration >= self.stop_iter:
