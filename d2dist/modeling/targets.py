@@ -15,7 +15,6 @@ images the student saw (converted to the teacher's input format and normalisatio
   resized bilinearly to the student's.
 """
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -241,9 +240,11 @@ class TargetExtractor:
 
     # ---- teacher side ------------------------------------------------------------------
     def _autocast(self):
-        if not self.autocast:
-            return contextlib.nullcontext()
+        """The teacher's own precision: its AUTOCAST dtype, else float32 (autocast off), also
+        inside the student's mixed-precision region (``SOLVER.AMP``)."""
         device = self.teacher.pixel_mean.device.type
+        if not self.autocast:
+            return torch.autocast(device_type=device, enabled=False)
         return torch.autocast(device_type=device, dtype=getattr(torch, self.autocast))
 
     def teacher_images(self, batched_inputs: Sequence[dict]) -> ImageList:

@@ -1,8 +1,13 @@
 """Distillation losses as pure functions (maths: shared/METHODS.md).
 
 Each returns an unweighted 0-dim float32 tensor, differentiable in the student argument; the
-teacher argument is detached. Inputs of any float dtype are computed in float32.
+teacher argument is detached. Inputs of any float dtype are computed in float32, with autocast
+off (under mixed precision, ``SOLVER.AMP``, the student's tensors may be float16 or bfloat16, and
+autocast would run matrix products in that precision again).
 """
+
+import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +24,24 @@ __all__ = [
     "pkd_loss",
     "relation_loss",
 ]
+
+
+def _float32(loss):
+    """Run ``loss`` with autocast off on the device of its first tensor argument."""
+
+    @functools.wraps(loss)
+    def run(*args, **kwargs):
+        tensors = (a for x in args for a in (x if isinstance(x, (list, tuple)) else [x]))
+        first = next((a for a in tensors if isinstance(a, Tensor)), None)
+        off = (
+            torch.autocast(first.device.type, enabled=False)
+            if first is not None
+            else contextlib.nullcontext()
+        )
+        with off:
+            return loss(*args, **kwargs)
+
+    return run
 
 
 def _as_rows(x: Tensor, name: str) -> Tensor:
@@ -49,6 +72,7 @@ def _logit_rows(
     return s, (t.detach() if detach else t)
 
 
+@_float32
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) -> Tensor:
     """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
 
@@ -64,6 +88,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) ->
     return kl.mean() * tau**2
 
 
+@_float32
 def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) -> Tensor:
     """KD for sigmoid classifiers (dense detectors): per-logit binary KL, summed over channels.
 
@@ -81,6 +106,7 @@ def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 
     return kl.sum(dim=1).mean() * tau**2
 
 
+@_float32
 def mimic_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     """Feature mimicking: ``mean((s - t)^2)`` over all elements of one level.
 
@@ -104,6 +130,7 @@ def _pearson(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
+@_float32
 def relation_loss(s: Tensor, t: Tensor, beta: float, gamma: float) -> Tensor:
     """DIST's relation loss on (rows, columns) predictions that are already normalised:
     ``beta * (1 - mean row correlation) + gamma * (1 - mean column correlation)``.
@@ -117,6 +144,7 @@ def relation_loss(s: Tensor, t: Tensor, beta: float, gamma: float) -> Tensor:
     return beta * inter + gamma * intra
 
 
+@_float32
 def dist_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -140,6 +168,7 @@ def dist_loss(
     return relation_loss(p_s, p_t, beta, gamma) * tau**2
 
 
+@_float32
 def dist_feature_loss(
     student_feat: Tensor,
     teacher_feat: Tensor,
@@ -170,6 +199,7 @@ def dist_feature_loss(
     return relation_loss(s, t, beta, gamma)
 
 
+@_float32
 def pkd_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     """Cao et al., "PKD: General Distillation Framework for Object Detectors via Pearson
     Correlation Coefficient", NeurIPS 2022; one level.
@@ -199,6 +229,7 @@ def pkd_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
     return F.mse_loss(standardise(s), standardise(t)) / 2
 
 
+@_float32
 def cwd_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0) -> Tensor:
     """Shu et al., "Channel-wise Knowledge Distillation for Dense Prediction", ICCV 2021.
 
@@ -221,6 +252,7 @@ def cwd_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0) -> Tens
     return kl * tau**2 / (n * c)
 
 
+@_float32
 def hcl_loss(student_feats, teacher_feats) -> Tensor:
     """Chen et al., "Distilling Knowledge via Knowledge Review" (ReviewKD), CVPR 2021: the
     hierarchical context loss, summed over levels.
