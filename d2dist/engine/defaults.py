@@ -15,7 +15,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 
 from ..config import ConfigError, get_cfg
-from .trainer import trainer_class
+from .trainer import explained_load, trainer_class
 
 __all__ = [
     "argument_parser",
@@ -195,7 +195,12 @@ def train_or_eval(cfg: CfgNode, args):
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        resuming = args.resume and checkpointer.has_checkpoint()
+        path = checkpointer.get_checkpoint_file() if resuming else cfg.MODEL.WEIGHTS
+        with explained_load(
+            path, "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS"
+        ):
+            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -16,11 +16,13 @@ from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import ConfigError
 from ..evaluation import build_evaluator
 
 __all__ = [
     "AtomicCheckpointer",
     "create_ddp_model",
+    "explained_load",
     "Trainer",
     "DistillTrainer",
     "StudentCheckpointer",
@@ -140,6 +142,52 @@ class Trainer(DefaultTrainer):
     def build_lr_scheduler(cls, cfg, optimizer):
         return build_deeplab_lr_scheduler(cfg, optimizer)  # Detectron2's own for other names
 
+    @classmethod
+    def build_train_loader(cls, cfg):
+        try:
+            return super().build_train_loader(cfg)
+        except AssertionError as e:  # Detectron2 asserts on empty datasets, with no key named
+            if "is empty" not in str(e) and "No valid data" not in str(e):
+                raise
+            filtered = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            raise ConfigError(
+                f"DATASETS.TRAIN={tuple(cfg.DATASETS.TRAIN)} gives no training images ({e}; "
+                f"DATALOADER.FILTER_EMPTY_ANNOTATIONS={filtered} drops images without "
+                "annotations). Check the dataset's files (datasets/README.md) and its "
+                "registration, or name another dataset."
+            ) from e
+
+    def resume_or_load(self, resume=True):
+        resuming = resume and self.checkpointer.has_checkpoint()
+        with explained_load(
+            self.checkpointer.get_checkpoint_file() if resuming else self.cfg.MODEL.WEIGHTS,
+            "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS",
+        ):
+            self._resume_or_load(resume, resuming)
+
+    def _resume_or_load(self, resume: bool, resuming: bool) -> None:
+        super().resume_or_load(resume=resume)
+
+
+@contextlib.contextmanager
+def explained_load(path: str, what: str):
+    """Turn a failure to read a checkpoint into a :class:`ConfigError` naming the file."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as e:  # unreadable / corrupt files surface as many exception types
+        raise ConfigError(
+            f"could not load {what} ({path!r}): {type(e).__name__}: {e}. Give a checkpoint "
+            "written by Detectron2 / d2dist (.pth) or a model-zoo file (.pkl)"
+            + (
+                "; or delete that file and the last_checkpoint entry to resume from an "
+                "earlier checkpoint."
+                if what.startswith("the last")
+                else "."
+            )
+        ) from e
+
 
 class StudentCheckpointer(DetectionCheckpointer):
     """Loads initial weights into a Distiller's student.
@@ -162,9 +210,9 @@ class DistillTrainer(Trainer):
     the whole run (student, adapters, optimizer, scheduler, iteration) from ``OUTPUT_DIR``.
     """
 
-    def resume_or_load(self, resume=True):
-        if resume and self.checkpointer.has_checkpoint():
-            return super().resume_or_load(resume=True)
+    def _resume_or_load(self, resume: bool, resuming: bool) -> None:
+        if resuming:
+            return super()._resume_or_load(resume, resuming)
         distiller = self.checkpointer.model  # unwrapped from DDP by the checkpointer
         weights = self.cfg.MODEL.WEIGHTS
         if weights:

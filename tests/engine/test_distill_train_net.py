@@ -239,6 +239,12 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(teacher_weights,
 
     out = str(tmp_path / "run")
     opts = _distill_opts(teacher_weights, out, max_iter=40)  # checkpoints every 2 iterations
+    opts += [  # an ABF chain, adapters, acclimation and a warm-up: all must resume exactly
+        "MODEL.DISTILL.LOSSES", "['ReviewKD', 'DIST_FEATURE']",
+        "MODEL.DISTILL.REVIEWKD.MID_CHANNELS", "8", "MODEL.DISTILL.REVIEWKD.WEIGHT", "0.01",
+        "MODEL.DISTILL.DIST_FEATURE.WEIGHT", "0.1", "MODEL.DISTILL.ACCLIMATION.ENABLED", "True",
+        "MODEL.DISTILL.WEIGHT_SCHEDULE.WARMUP_ITERS", "60",
+    ]  # fmt: skip
     cmd = [
         sys.executable,
         os.path.join(REPO, "tools", "train_net.py"),
@@ -267,7 +273,8 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(teacher_weights,
     state = trainer.checkpointer.model.state_dict()
     assert state.keys() == saved["model"].keys()
     assert all(torch.equal(state[k], saved["model"][k]) for k in state)
-    assert any(k.startswith("terms.0.adapters") for k in state)
+    for part in ("terms.0.adapter.abfs", "terms.1.adapters", "terms.1.acclimation"):
+        assert any(k.startswith(part) for k in state), part
     resumed_opt = trainer.optimizer.state_dict()["state"]
     saved_opt = saved["trainer"]["_trainer"]["optimizer"]["state"]
     assert resumed_opt.keys() == saved_opt.keys() and resumed_opt
@@ -281,6 +288,12 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(teacher_weights,
     subprocess.run(cmd + ["--resume"] + opts, check=True, stdout=subprocess.DEVNULL)
     final = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
     assert final["iteration"] == 39
+    # The warm-up continued from the resumed iteration (its factor is (iteration + 1) / 60).
+    with open(os.path.join(out, "metrics.json")) as f:
+        logged = [json.loads(line) for line in f if "distill/weight_factor" in line]
+    assert logged and logged[-1]["iteration"] == 39
+    for row in logged:
+        assert row["distill/weight_factor"] == pytest.approx((row["iteration"] + 1) / 60)
 
 
 def test_checkpoints_appear_only_when_complete(tmp_path, monkeypatch):

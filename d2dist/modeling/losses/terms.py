@@ -1,6 +1,7 @@
 """Distillation terms: registered modules that apply a loss function to extracted targets."""
 
 import logging
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -68,6 +69,12 @@ class DistillTerm(nn.Module):
 
     def __init__(self, *, weight: float):
         super().__init__()
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise ConfigError(
+                f"MODEL.DISTILL.{self.CONFIG_KEY}.WEIGHT={weight!r}: a term's weight must be a "
+                "finite number >= 0 (a negative weight would push the student away from the "
+                "teacher). To turn the term off, remove it from MODEL.DISTILL.LOSSES."
+            )
         self.weight = float(weight)
 
     @property

@@ -77,6 +77,7 @@ class Distiller(nn.Module):
         teacher.requires_grad_(False)
         self.__dict__["teacher"] = teacher  # not a submodule: see the class docstring
         self.terms = nn.ModuleList(terms)
+        self.input_format = input_format
         self.student_loss_weight = float(student_loss_weight)
         self.warmup_iters, self.stop_iter = int(warmup_iters), int(stop_iter)
         request = TargetRequest()
@@ -142,6 +143,7 @@ class Distiller(nn.Module):
         return 1.0
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        self._check_images(batched_inputs)
         if not self.training:
             return self.student(batched_inputs)
         if self.teacher.training:  # someone called teacher.train() explicitly
@@ -188,6 +190,21 @@ class Distiller(nn.Module):
         if self.warmup_iters > 0 or self.stop_iter >= 0:
             storage.put_scalar("distill/weight_factor", factor, smoothing_hint=False)
         return losses
+
+    def _check_images(self, batched_inputs) -> None:
+        """Images must have the channels the student normalises (a grey or RGBA image would be
+        broadcast against, or crash on, its per-channel pixel mean deep inside Detectron2)."""
+        channels = self.student.pixel_mean.numel()
+        for x in batched_inputs:
+            image = x["image"]
+            if image.dim() != 3 or image.shape[0] != channels:
+                raise ConfigError(
+                    f"an input image ({x.get('file_name', 'no file_name')}) has shape "
+                    f"{tuple(image.shape)}, but the student expects ({channels}, H, W): "
+                    f"INPUT.FORMAT={self.input_format!r} and MODEL.PIXEL_MEAN has "
+                    f"{channels} values. Load the images in that format (Detectron2's "
+                    "DatasetMapper does, with INPUT.FORMAT), or convert them in your mapper."
+                )
 
     def _student_losses(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if self.student_loss_weight == 1.0:
