@@ -13,6 +13,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigError, get_cfg
 from .trainer import explained_load, trainer_class
@@ -136,6 +137,9 @@ def setup(args) -> CfgNode:
     _check_output_dir(cfg, resume=args.resume, training=not args.eval_only)
     cfg.freeze()
     default_setup(cfg, args)
+    # d2dist's own messages (teacher, resolved targets, DDP) into the console and log.txt too,
+    # as Detectron2's projects do for theirs.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2dist")
     return cfg
 
 

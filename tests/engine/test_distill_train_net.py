@@ -91,6 +91,10 @@ def test_distillation_run_logs_terms_and_saves_no_teacher(distill_run):
     assert any(k.startswith("terms.0.adapters.p2") for k in keys)  # MIMIC's adapters are saved
     assert "optimizer" in ckpt["trainer"]["_trainer"] and "LRScheduler" in ckpt["trainer"]["hooks"]
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    with open(os.path.join(out, "log.txt")) as f:  # d2dist's own messages are in the run's log
+        log = f.read()
+    assert "d2dist.modeling.teacher INFO: Teacher: GeneralizedRCNN from" in log
+    assert "MODEL.DISTILL.KD.TARGET auto -> 'roi'" in log
 
 
 def test_eval_teacher_evaluates_the_teacher_before_distilling(teacher_weights, tmp_path, caplog):
