@@ -75,9 +75,9 @@ class Ctx:
             "MODEL.DISTILL.TEACHER.OPTS", str(list(teacher_opts)), *extra,
         ]  # fmt: skip
 
-    def cli(self, *extra, config=DISTILL_CFG, teacher_opts=TEACHER_OPTS):
+    def cli(self, *extra, config=DISTILL_CFG, teacher_opts=TEACHER_OPTS, flags=()):
         """tools/train_net.py's main in this process (a ConfigError propagates)."""
-        argv = ["--config-file", config, *self.opts(*extra, teacher_opts=teacher_opts)]
+        argv = [*flags, "--config-file", config, *self.opts(*extra, teacher_opts=teacher_opts)]
         load_tool("train_net").main(argument_parser().parse_args(argv))
         return argv[argv.index("OUTPUT_DIR") + 1]
 
@@ -102,6 +102,14 @@ def _yaml_with_wrong_type(ctx):
         f'_BASE_: "{DISTILL_CFG}"\nMODEL:\n  DISTILL:\n    MIMIC:\n      IN_FEATURES: p2\n'
     )
     return ctx.cli(config=str(path))
+
+
+def _resume_from_a_corrupt_checkpoint(ctx):
+    out = ctx.tmp / "corrupt_run"
+    out.mkdir()
+    (out / "model_0000009.pth").write_bytes(b"\x00 cut short")
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    return ctx.cli("OUTPUT_DIR", str(out), flags=["--resume"])
 
 
 def _without_instances(batch):
@@ -182,6 +190,9 @@ CASES = [
      r"could not read MODEL.DISTILL.TEACHER.WEIGHTS='.*corrupt.pth'"),
     ("a corrupt student checkpoint", lambda c, _: c.cli("MODEL.WEIGHTS", c.corrupt),
      r"(?s)could not load MODEL.WEIGHTS \('.*corrupt.pth'\): UnpicklingError.*Give a checkpoint"),
+    ("--resume from a corrupt last checkpoint", lambda c, _: _resume_from_a_corrupt_checkpoint(c),
+     r"(?s)could not load the last checkpoint of OUTPUT_DIR \('.*model_0000009.pth'\): .*"
+     r"delete that file and the last_checkpoint entry"),
     ("a teacher with other classes, logit term",
      lambda c, _: c.cli("MODEL.DISTILL.LOSSES", "['KD']",
                         "MODEL.DISTILL.TEACHER.WEIGHTS", c.five_class_teacher,

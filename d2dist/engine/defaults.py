@@ -199,11 +199,7 @@ def train_or_eval(cfg: CfgNode, args):
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        resuming = args.resume and checkpointer.has_checkpoint()
-        path = checkpointer.get_checkpoint_file() if resuming else cfg.MODEL.WEIGHTS
-        with explained_load(
-            path, "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS"
-        ):
+        with explained_load(checkpointer, cfg.MODEL.WEIGHTS, args.resume):
             checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)

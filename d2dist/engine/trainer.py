@@ -158,11 +158,7 @@ class Trainer(DefaultTrainer):
             ) from e
 
     def resume_or_load(self, resume=True):
-        resuming = resume and self.checkpointer.has_checkpoint()
-        with explained_load(
-            self.checkpointer.get_checkpoint_file() if resuming else self.cfg.MODEL.WEIGHTS,
-            "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS",
-        ):
+        with explained_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume) as resuming:
             self._resume_or_load(resume, resuming)
 
     def _resume_or_load(self, resume: bool, resuming: bool) -> None:
@@ -170,20 +166,25 @@ class Trainer(DefaultTrainer):
 
 
 @contextlib.contextmanager
-def explained_load(path: str, what: str):
-    """Turn a failure to read a checkpoint into a :class:`ConfigError` naming the file."""
+def explained_load(checkpointer: DetectionCheckpointer, weights: str, resume: bool):
+    """Around a ``resume_or_load``: yields whether it resumes (``resume`` and a checkpoint in
+    the save directory), and turns a failure to read the checkpoint it loads (that last one, or
+    ``weights``) into a :class:`ConfigError` naming the file."""
+    resuming = resume and checkpointer.has_checkpoint()
     try:
-        yield
+        yield resuming
     except ConfigError:
         raise
     except Exception as e:  # unreadable / corrupt files surface as many exception types
+        what = "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS"
+        path = checkpointer.get_checkpoint_file() if resuming else weights
         raise ConfigError(
             f"could not load {what} ({path!r}): {type(e).__name__}: {e}. Give a checkpoint "
             "written by Detectron2 / d2dist (.pth) or a model-zoo file (.pkl)"
             + (
                 "; or delete that file and the last_checkpoint entry to resume from an "
                 "earlier checkpoint."
-                if what.startswith("the last")
+                if resuming
                 else "."
             )
         ) from e
