@@ -12,6 +12,13 @@ os.environ["DETECTRON2_DATASETS"] = _DATASETS_ROOT
 
 import pytest  # noqa: E402
 
+from d2dist.engine.subnormals import flush_subnormals  # noqa: E402
+
+# As d2dist's CPU runs do, and before any computation starts PyTorch's thread pool (whose threads
+# inherit the mode): subnormal floats are flushed to zero in every test, unless
+# D2DIST_FLUSH_DENORMAL=0 (then kept, as for a run).
+FLUSHED = flush_subnormals("cpu")
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/_tiny.py
 
 

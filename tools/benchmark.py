@@ -7,7 +7,8 @@
 Prints, for the student's plain step, the teacher forward, the method's own modules and losses,
 and the full distillation step: the median and spread of the step time and the peak memory, the
 time of each loss term, ``overhead_ratio`` (what d2dist adds above the sum of the parts) and
-``distill_over_student``. ``--json`` prints one JSON object instead. What each part covers:
+``distill_over_student``, and on the CPU whether subnormal floats were flushed to zero (the default;
+``D2DIST_FLUSH_DENORMAL=0`` keeps them). ``--json`` prints one JSON object instead. What each part covers:
 ``d2dist/engine/benchmark.py``.
 """
 
@@ -67,12 +68,14 @@ def main(argv=None) -> int:
     from d2dist.config import ConfigError
     from d2dist.engine.benchmark import benchmark, machine_description
     from d2dist.engine.defaults import load_config
+    from d2dist.engine.subnormals import flush_subnormals
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     opts = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
     try:
         cfg = load_config(args.config_file, opts)
         cfg.freeze()
+        flush_subnormals(cfg.MODEL.DEVICE)  # before the first computation; see benchmark.py
         with tqdm(total=args.warmup + args.iters, desc="benchmark", disable=args.json) as bar:
             result = benchmark(
                 cfg, iters=args.iters, warmup=args.warmup, progress=lambda _: bar.update()
@@ -88,6 +91,9 @@ def main(argv=None) -> int:
 
     print(f"\n{args.config_file} {' '.join(args.opts)}")
     print(f"{machine_description(torch.device(cfg.MODEL.DEVICE))}")
+    if result.flush_subnormals is not None:
+        mode = "flushed to zero" if result.flush_subnormals else "kept (not flushed)"
+        print(f"subnormal floats: {mode} (D2DIST_FLUSH_DENORMAL)")
     print(f"{args.warmup} warm-up + {args.iters} measured iterations, data loading excluded\n")
     print(_table(result, summary))
     return 0

@@ -2,6 +2,7 @@
 
 from .defaults import argument_parser, evaluate_teacher, launch_cli, setup, train_or_eval
 from .export import export_student, student_config
+from .subnormals import flush_subnormals
 from .trainer import (
     DistillTrainer,
     StudentCheckpointer,
@@ -18,6 +19,7 @@ __all__ = [
     "StudentCheckpointer",
     "Trainer",
     "export_student",
+    "flush_subnormals",
     "launch_cli",
     "setup",
     "student_config",

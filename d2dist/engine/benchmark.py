@@ -15,7 +15,9 @@ times, in this order:
 
 ``overhead_ratio = distill_step / (student_step + teacher_forward + method_step)`` (medians) is
 what the framework adds above that floor; ``distill_over_student`` is the price per step a user
-pays over training the student alone.
+pays over training the student alone. On the CPU the result says whether subnormal floats were
+flushed to zero (:mod:`d2dist.engine.subnormals`; ``tools/benchmark.py`` flushes them unless
+``D2DIST_FLUSH_DENORMAL=0``), which can change CPU step times many-fold.
 """
 
 import logging
@@ -25,7 +27,7 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from detectron2.solver import build_optimizer
@@ -33,6 +35,7 @@ from detectron2.utils.events import EventStorage
 
 from ..config import ConfigError
 from ..modeling.targets import Targets
+from .subnormals import subnormals_flushed
 from .trainer import DistillTrainer
 
 __all__ = [
@@ -105,6 +108,8 @@ class BenchmarkResult:
     term_times: Dict[str, List[float]] = field(default_factory=dict)
     peak_mib: Dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     memory_per_phase: bool = True
+    # CPU: whether every thread flushed subnormals to zero while measuring; None on a GPU.
+    flush_subnormals: Optional[bool] = None
 
     def median(self, phase: str) -> float:
         return statistics.median(self.times[phase])
@@ -119,6 +124,7 @@ class BenchmarkResult:
             "distill_over_student": distill / self.median("student_step"),
             "peak_memory_mib": dict(self.peak_mib),
             "term_step_s": {k: statistics.median(v) for k, v in self.term_times.items()},
+            "flush_subnormals": self.flush_subnormals,
         }
 
 
@@ -179,7 +185,10 @@ def benchmark(cfg, *, iters: int, warmup: int, progress: Callable = None) -> Ben
     del loader  # stops the data-loading workers
 
     memory = PeakMemory(device)
-    result = BenchmarkResult(memory_per_phase=memory.per_region)
+    result = BenchmarkResult(
+        memory_per_phase=memory.per_region,
+        flush_subnormals=subnormals_flushed() == 1.0 if device.type == "cpu" else None,
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(phase: str, measure: bool, fn: Callable, *args):

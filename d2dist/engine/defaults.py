@@ -16,6 +16,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigError, get_cfg
+from .subnormals import flush_subnormals, log_subnormal_mode
 from .trainer import explained_load, trainer_class
 
 __all__ = [
@@ -125,10 +126,14 @@ def load_config(config_file: str, opts: Sequence[str], *, training: bool = True)
 def setup(args) -> CfgNode:
     """Build, validate and freeze the config of a ``train_net.py`` run, then set up logging.
 
+    CPU runs flush subnormal floats to zero (:mod:`d2dist.engine.subnormals`).
+
     Args:
         args: parsed ``detectron2.engine.default_argument_parser()`` arguments.
     """
     cfg = load_config(args.config_file, args.opts, training=not args.eval_only)
+    # Before any computation starts PyTorch's thread pool (each thread inherits the mode).
+    flushed = flush_subnormals(cfg.MODEL.DEVICE)
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
         raise ConfigError(
             "--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model_final.pth, or "
@@ -140,6 +145,7 @@ def setup(args) -> CfgNode:
     # d2dist's own messages (teacher, resolved targets, DDP) into the console and log.txt too,
     # as Detectron2's projects do for theirs.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2dist")
+    log_subnormal_mode(flushed)
     return cfg
 
 

@@ -19,7 +19,7 @@ TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
 DATA, TEACHER_TINY, STUDENT_TINY = SHAPES_TINY_DATA, SHAPES_TEACHER_TINY, SHAPES_STUDENT_TINY
 KEYS = {
     "student_step_s", "teacher_forward_s", "method_step_s", "distill_step_s", "overhead_ratio",
-    "distill_over_student", "peak_memory_mib", "term_step_s",
+    "distill_over_student", "peak_memory_mib", "term_step_s", "flush_subnormals",
 }  # fmt: skip
 
 
@@ -67,6 +67,7 @@ def test_json_has_every_key_and_the_ratios_come_from_the_parts(teacher_weights, 
         out["distill_step_s"] / out["student_step_s"]
     )
     assert set(out["term_step_s"]) == {"REVIEWKD"}
+    assert out["flush_subnormals"] is True  # a CPU run, flushed by default
     assert 0 < out["term_step_s"]["REVIEWKD"] <= out["method_step_s"]
 
 
@@ -77,6 +78,7 @@ def test_table_names_every_part_and_both_ratios(teacher_weights, capsys):
     )
     assert status == 0
     text = capsys.readouterr().out
+    assert "subnormal floats: flushed to zero" in text
     for name in (*PHASES, "term DIST", "overhead_ratio", "distill_over_student", "peak MiB"):
         assert name in text
 
