@@ -1,10 +1,37 @@
-"""d2dist's configuration: Detectron2's yacs config plus d2dist's keys."""
+"""d2dist's configuration: Detectron2's yacs config plus d2dist's keys.
+
+Project keys. A Detectron2 project (PointRend, DeepLab, Panoptic-DeepLab, your own) adds its keys
+with an ``add_<project>_config(cfg)`` function, which must run before a config file that uses
+them is merged. d2dist takes them in two ways:
+
+- the *defaults the student's config was merged into*: :func:`add_distill_config` records a copy
+  of ``cfg`` as it is when called (Detectron2's defaults plus every ``add_*_config`` applied before
+  it), and the teacher's yacs config starts from that copy. So call it last, after your project's
+  config functions; d2dist's tools do so with the functions named by ``--config-function``
+  (:func:`get_cfg`);
+- ``MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS``: dotted names of further functions applied to the
+  teacher's config only (a teacher from another project than the student).
+"""
+
+import importlib
+from typing import Callable, Iterable, List, Union
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["ConfigError", "add_distill_config", "add_fcos_config", "get_cfg"]
+__all__ = [
+    "ConfigError",
+    "add_distill_config",
+    "add_fcos_config",
+    "config_defaults",
+    "get_cfg",
+    "resolve_config_function",
+]
+
+# Where add_distill_config keeps the defaults of the config it was added to: in the CfgNode's
+# instance __dict__, next to yacs's own flags, so it is copied by clone() but never dumped.
+_DEFAULTS = "_d2dist_defaults"
 
 
 class ConfigError(ValueError):
@@ -21,6 +48,10 @@ def add_distill_config(cfg: CN) -> None:
     Writes only under ``cfg.MODEL.DISTILL``, so it can be added to any Detectron2 project's
     config next to that project's own ``add_*_config`` calls. Used with
     ``MODEL.META_ARCHITECTURE: "Distiller"``; the rest of ``cfg.MODEL`` configures the student.
+
+    Call it after the project's own config functions and before merging a config file: it
+    records ``cfg``'s defaults at that point, from which the teacher's config starts (see the
+    module docstring and :func:`config_defaults`).
     """
     d = cfg.MODEL.DISTILL = CN()
     # The student: any registered meta-architecture, configured by the rest of cfg.MODEL.
@@ -31,8 +62,14 @@ def add_distill_config(cfg: CN) -> None:
     d.TEACHER = CN()
     # The teacher's own Detectron2 config: a path, or "model_zoo:<path in Detectron2's zoo>".
     d.TEACHER.CONFIG_FILE = ""
+    # Or a LazyConfig .py file (its `model` is instantiated; TEACHER.OPTS are then "key=value"
+    # overrides, as on lazyconfig_train_net.py's command line).
     # Its trained weights (path or any URL Detectron2's checkpointer reads); required.
     d.TEACHER.WEIGHTS = ""
+    # Dotted names of config functions (e.g. "detectron2.projects.point_rend.add_pointrend_config")
+    # applied to a yacs teacher's config before its file is merged, on top of the defaults the
+    # student's config started from: for a teacher from another Detectron2 project.
+    d.TEACHER.CONFIG_FUNCTIONS = []
     # KEY VALUE overrides of the teacher config, as on a command line.
     d.TEACHER.OPTS = []
     # Run the teacher under torch.autocast with this dtype: "", "bfloat16" or "float16".
@@ -134,6 +171,60 @@ def add_distill_config(cfg: CN) -> None:
     d.CWD.ADAPTER = "auto"
     d.CWD.ADAPTER_NORM = ""
 
+    defaults = cfg.clone()
+    defaults.__dict__.pop(_DEFAULTS, None)
+    cfg.__dict__[_DEFAULTS] = defaults
+
+
+def config_defaults(cfg: CN) -> CN:
+    """A fresh copy of the defaults ``cfg`` was built on (recorded by :func:`add_distill_config`:
+    Detectron2's defaults plus the config functions applied before it), or d2dist's
+    :func:`get_cfg` for a config without that record."""
+    defaults = cfg.__dict__.get(_DEFAULTS)
+    if defaults is None:
+        return get_cfg()
+    defaults = defaults.clone()
+    defaults.defrost()
+    return defaults
+
+
+ConfigFunction = Union[str, Callable[[CN], None]]
+
+
+def resolve_config_function(name: ConfigFunction, key: str) -> Callable[[CN], None]:
+    """The function named ``"package.module.function"`` (a callable is returned as it is).
+
+    ``key`` names where the name was given, for the error message.
+    """
+    if callable(name):
+        return name
+    module, _, attr = str(name).rpartition(".")
+    fix = (
+        "Give the dotted name of a function that adds a project's keys to a config, e.g. "
+        "detectron2.projects.point_rend.add_pointrend_config, importable in this Python."
+    )
+    if not module:
+        raise ConfigError(f"{key} {name!r} is not a dotted name 'package.module.function'. {fix}")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise ConfigError(f"{key} {name!r}: cannot import {module!r} ({e}). {fix}") from e
+    except AttributeError:
+        raise ConfigError(f"{key} {name!r}: module {module!r} has no {attr!r}. {fix}") from None
+    if not callable(fn):
+        raise ConfigError(f"{key} {name!r} is a {type(fn).__name__}, not a function. {fix}")
+    return fn
+
+
+def apply_config_functions(cfg: CN, names: Iterable[ConfigFunction], key: str) -> List[str]:
+    """Apply the named config functions to ``cfg`` in order; returns their names."""
+    applied = []
+    for name in names:
+        fn = resolve_config_function(name, key)
+        fn(cfg)
+        applied.append(getattr(fn, "__module__", "") + "." + getattr(fn, "__name__", repr(fn)))
+    return applied
+
 
 def add_fcos_config(cfg: CN) -> None:
     """Add ``MODEL.FCOS`` so that Detectron2's FCOS can be built from a yacs config.
@@ -155,14 +246,17 @@ def add_fcos_config(cfg: CN) -> None:
     f.NMS_THRESH_TEST = 0.6
 
 
-def get_cfg() -> CN:
+def get_cfg(*config_functions: ConfigFunction) -> CN:
     """Detectron2's default config with the keys of every model d2dist supports.
 
     That is Detectron2's defaults, DeepLab's keys (``detectron2.projects.deeplab``), FCOS's
-    (:func:`add_fcos_config`) and d2dist's ``MODEL.DISTILL``.
+    (:func:`add_fcos_config`), then ``config_functions`` (callables or dotted names of a project's
+    ``add_*_config``, e.g. ``"detectron2.projects.point_rend.add_pointrend_config"``), and last
+    d2dist's ``MODEL.DISTILL`` (so the teacher's config starts from all of them).
     """
     cfg = _d2_get_cfg()
     add_deeplab_config(cfg)
     add_fcos_config(cfg)
+    apply_config_functions(cfg, config_functions, "--config-function")
     add_distill_config(cfg)
     return cfg

@@ -212,6 +212,14 @@ def distill_cfg(arch: str, teacher_cfg: str, teacher_weights: str, losses=("MIMI
     return cfg
 
 
+def build_distiller(cfg):
+    """``build_model(cfg)`` of a Distiller config with its teacher's weights loaded, as d2dist's
+    trainers do in ``resume_or_load`` (building reads no weights)."""
+    from detectron2.modeling import build_model
+
+    return build_model(cfg).load_teacher()
+
+
 def feature_names(arch: str):
     if arch == "deeplab_v3":
         return ["res5"]

@@ -15,6 +15,7 @@ from _tiny import (
     SHAPES_STUDENT_TINY,
     SHAPES_TEACHER_TINY,
     SHAPES_TINY_DATA,
+    build_distiller,
     distill_cfg,
     inputs,
     write_teacher,
@@ -90,7 +91,7 @@ class Ctx:
             for part in path:
                 node = node[part]
             node[last] = value
-        model = build_model(cfg)
+        model = build_distiller(cfg)
         model.train()
         with EventStorage(0):
             return model(batch)

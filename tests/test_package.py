@@ -1,16 +1,11 @@
-import glob
 import os
 import subprocess
 import sys
-
-import pytest
-from detectron2.modeling import build_model
 
 import d2dist
 from d2dist.config import add_distill_config, get_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
 
 
 def test_version_and_import_from_any_directory(tmp_path):
@@ -40,29 +35,3 @@ def test_add_distill_config_writes_only_under_model_distill():
     add_distill_config(after)
     del after.MODEL["DISTILL"]
     assert after.dump() == before.dump()
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
-def test_every_config_loads_and_builds(path):
-    cfg = get_cfg()
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
-        model = build_model(cfg)
-        assert sum(p.numel() for p in model.parameters()) > 0
-        return
-    # A distillation config: build its student and its teacher (whose weights a fresh clone
-    # does not have) and its terms.
-    from d2dist.modeling import build_distill_terms, load_teacher_config
-    from d2dist.modeling.teacher import build_meta_arch
-
-    d = cfg.MODEL.DISTILL
-    cwd = os.getcwd()
-    os.chdir(REPO)  # configs name the teacher config relative to the repository root
-    try:
-        teacher_cfg = load_teacher_config(cfg)
-    finally:
-        os.chdir(cwd)
-    student = build_meta_arch(cfg, d.STUDENT_META_ARCHITECTURE, "student")
-    teacher = build_meta_arch(teacher_cfg, teacher_cfg.MODEL.META_ARCHITECTURE, "teacher")
-    assert len(build_distill_terms(cfg, student, teacher)) == len(d.LOSSES) > 0

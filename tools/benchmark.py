@@ -34,15 +34,17 @@ def _table(result, summary: dict) -> str:
     from d2dist.engine.benchmark import PHASES
 
     rows = [
-        [p, f"{summary[f'{p}_s']:.4f}", _spread(result.times[p]), f"{result.peak_mib[p]:.0f}"]
+        [p, f"{summary[f'{p}_s']:.4f}", _spread(result.times[p]),
+         f"{summary['slowest_s'][p]:.4f}", f"{result.peak_mib[p]:.0f}"]
         for p in PHASES
-    ]
+    ]  # fmt: skip
     rows += [
-        [f"  term {k}", f"{v:.4f}", _spread(result.term_times[k]), ""]
+        [f"  term {k}", f"{v:.4f}", _spread(result.term_times[k]), "", ""]
         for k, v in summary["term_step_s"].items()
     ]
     memory = "peak MiB" if result.memory_per_phase else "process peak MiB"
-    text = tabulate(rows, headers=["part", "median s", "p25 - p75 s", memory], tablefmt="github")
+    headers = ["part", "median s", "p25 - p75 s", "slowest s", memory]
+    text = tabulate(rows, headers=headers, tablefmt="github")
     floor = " + ".join(f"{p}" for p in PHASES[:3])
     return (
         f"{text}\n\noverhead_ratio       = distill_step / ({floor}) = "
@@ -60,6 +62,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured first iterations")
     parser.add_argument("--device", default=None, help="MODEL.DEVICE, e.g. cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="time with random weights (norm statistics calibrated on the first batch) instead "
+        "of loading TEACHER.WEIGHTS and MODEL.WEIGHTS: for configs whose checkpoints are absent",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
 
@@ -78,7 +86,11 @@ def main(argv=None) -> int:
         flush_subnormals(cfg.MODEL.DEVICE)  # before the first computation; see benchmark.py
         with tqdm(total=args.warmup + args.iters, desc="benchmark", disable=args.json) as bar:
             result = benchmark(
-                cfg, iters=args.iters, warmup=args.warmup, progress=lambda _: bar.update()
+                cfg,
+                iters=args.iters,
+                warmup=args.warmup,
+                progress=lambda _: bar.update(),
+                random_weights=args.random_weights,
             )
     except ConfigError as e:
         print(f"benchmark.py: error: {e}", file=sys.stderr)
@@ -94,6 +106,8 @@ def main(argv=None) -> int:
     if result.flush_subnormals is not None:
         mode = "flushed to zero" if result.flush_subnormals else "kept (not flushed)"
         print(f"subnormal floats: {mode} (D2DIST_FLUSH_DENORMAL)")
+    if result.random_weights:
+        print("weights: random, norm statistics calibrated on the first batch (timing only)")
     print(f"{args.warmup} warm-up + {args.iters} measured iterations, data loading excluded\n")
     print(_table(result, summary))
     return 0

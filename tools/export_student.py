@@ -1,39 +1,90 @@
 #!/usr/bin/env python
 """Export the student of a Distiller run as a plain Detectron2 model.
 
+    python tools/export_student.py --run-dir OUTPUT_DIR [--output OUTPUT_DIR/student.pth]
     python tools/export_student.py --config-file DISTILL_CONFIG.yaml \
         [--checkpoint OUTPUT_DIR/model_final.pth] [--output OUTPUT_DIR/student.pth] [KEY VALUE ...]
 
-Writes the student's weights (no teacher, no adapters) and its own config (the Distiller
-config without MODEL.DISTILL) next to them; the weights are verified by a strict load.
+``--run-dir`` takes the run's own ``config.yaml`` (with every override it was trained with) and
+the checkpoint its ``last_checkpoint`` names; runs of tools/lazyconfig_train_net.py (and ``.py``
+config files) export the student's LazyConfig instead, which LazyConfig.load reads back. Writes the student's weights (no teacher, no
+adapters) and its config, which plain Detectron2's ``get_cfg()`` merges (plus only the config
+functions of the student's own project), next to them; the weights are verified by a strict load.
 """
 
 import argparse
 import os
+import re
 import sys
 
+from detectron2.config import LazyConfig
 from detectron2.utils.logger import setup_logger
 
 from d2dist.config import ConfigError, get_cfg
-from d2dist.engine.export import export_student
+from d2dist.engine.export import export_lazy_student, export_student, run_checkpoint
+
+
+def _is_lazy(config_file: str) -> bool:
+    """A LazyConfig .py file, or a LazyConfig run's config.yaml (what LazyConfig.save wrote)."""
+    if config_file.endswith(".py"):
+        return True
+    with open(config_file) as f:  # its top-level keys are lowercase (model, train, ...)
+        text = f.read()
+    return all(re.search(rf"(?m)^{key}:", text) for key in ("model", "train"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--config-file", required=True)
-    parser.add_argument("--checkpoint", default="", help="default: OUTPUT_DIR/model_final.pth")
-    parser.add_argument("--output", default="", help="default: OUTPUT_DIR/student.pth")
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="a Distiller run's OUTPUT_DIR (config.yaml, checkpoint)")
+    source.add_argument("--config-file", help="the Distiller config the run was trained with")
+    parser.add_argument("--checkpoint", default="", help="default: the run's last checkpoint")
+    parser.add_argument("--output", default="", help="default: <run dir>/student.pth")
+    parser.add_argument(
+        "--config-function",
+        action="append",
+        default=[],
+        metavar="MODULE.FUNCTION",
+        help="a project's config function the config needs (as for tools/train_net.py)",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="d2dist")
     try:
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        checkpoint = args.checkpoint or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-        output = args.output or os.path.join(cfg.OUTPUT_DIR, "student.pth")
-        weights, config = export_student(cfg, checkpoint, output)
-    except (ConfigError, KeyError, OSError) as e:
+        config_file = args.config_file or os.path.join(args.run_dir, "config.yaml")
+        if not os.path.isfile(config_file):
+            raise ConfigError(
+                f"--config-file {config_file!r} does not exist"
+                if args.config_file
+                else f"the run directory {args.run_dir!r} has no config.yaml (is it the "
+                "OUTPUT_DIR of a training run?)"
+            )
+        lazy = _is_lazy(config_file)
+        if lazy:
+            cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), args.opts)
+            out_dir = cfg.train.output_dir
+        else:
+            cfg = get_cfg(*args.config_function)
+            try:
+                cfg.merge_from_file(config_file)
+                cfg.merge_from_list(args.opts)
+            except (KeyError, ValueError, AssertionError) as e:
+                raise ConfigError(
+                    f"config {config_file!r}: {e} (a project's keys need --config-function "
+                    "MODULE.FUNCTION)"
+                ) from e
+            out_dir = cfg.OUTPUT_DIR
+        run_dir = args.run_dir or out_dir
+        if args.checkpoint:
+            checkpoint = args.checkpoint
+        elif args.run_dir:
+            checkpoint = run_checkpoint(args.run_dir)
+        else:
+            checkpoint = os.path.join(out_dir, "model_final.pth")
+        output = args.output or os.path.join(run_dir, "student.pth")
+        export = export_lazy_student if lazy else export_student
+        weights, config = export(cfg, checkpoint, output)
+    except (ConfigError, OSError) as e:
         print(f"export_student.py: error: {e}", file=sys.stderr)
         return 2
     print(f"student weights: {weights}\nstudent config:  {config}")

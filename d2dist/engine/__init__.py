@@ -4,6 +4,7 @@ from .defaults import argument_parser, evaluate_teacher, launch_cli, setup, trai
 from .export import export_student, student_config
 from .subnormals import flush_subnormals
 from .trainer import (
+    DistillationMixin,
     DistillTrainer,
     StudentCheckpointer,
     Trainer,
@@ -15,6 +16,7 @@ __all__ = [
     "argument_parser",
     "create_ddp_model",
     "evaluate_teacher",
+    "DistillationMixin",
     "DistillTrainer",
     "StudentCheckpointer",
     "Trainer",

@@ -30,19 +30,23 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.solver import build_optimizer
+from detectron2.structures import ImageList
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from ..config import ConfigError
 from ..modeling.targets import Targets
 from .subnormals import subnormals_flushed
-from .trainer import DistillTrainer
+from .trainer import StudentCheckpointer, Trainer, explained_load
 
 __all__ = [
     "PHASES",
     "BenchmarkResult",
     "PeakMemory",
     "benchmark",
+    "calibrate_norms",
     "cpu_model",
     "machine_description",
 ]
@@ -108,6 +112,7 @@ class BenchmarkResult:
     term_times: Dict[str, List[float]] = field(default_factory=dict)
     peak_mib: Dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     memory_per_phase: bool = True
+    random_weights: bool = False
     # CPU: whether every thread flushed subnormals to zero while measuring; None on a GPU.
     flush_subnormals: Optional[bool] = None
 
@@ -115,7 +120,8 @@ class BenchmarkResult:
         return statistics.median(self.times[phase])
 
     def summary(self) -> dict:
-        """The JSON object of ``tools/benchmark.py --json``: medians in seconds, ratios, MiB."""
+        """The JSON object of ``tools/benchmark.py --json``: medians in seconds, ratios, MiB, the
+        slowest iteration of each phase (CPU steps that meet subnormal floats stand out there)."""
         floor = sum(self.median(p) for p in PHASES[:3])
         distill = self.median("distill_step")
         return {
@@ -124,7 +130,9 @@ class BenchmarkResult:
             "distill_over_student": distill / self.median("student_step"),
             "peak_memory_mib": dict(self.peak_mib),
             "term_step_s": {k: statistics.median(v) for k, v in self.term_times.items()},
+            "slowest_s": {p: max(self.times[p]) for p in PHASES},
             "flush_subnormals": self.flush_subnormals,
+            "random_weights": self.random_weights,
         }
 
 
@@ -144,19 +152,61 @@ def _leaf_targets(targets: Targets) -> Targets:
     )
 
 
+@torch.no_grad()
+def calibrate_norms(student: nn.Module, teacher, batch, input_format: str) -> None:
+    """Set the running statistics of every BatchNorm / FrozenBatchNorm of both backbones to the
+    statistics of its own input on ``batch``, as a trained network has them.
+
+    Randomly initialised ResNets with frozen norms (Detectron2's default) amplify their input
+    layer after layer (features of ~1e7 for an R101) and training diverges at once; calibrated,
+    they run with activations of trained networks' scale, which is what a timing needs.
+    """
+    norms = (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm)
+
+    def calibrate(module, inputs):
+        x = inputs[0].float()
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+    def normalised(model, swap: bool):
+        images = [x["image"].to(model.pixel_mean.device) for x in batch]
+        images = [((x.flip(0) if swap else x) - model.pixel_mean) / model.pixel_std for x in images]
+        return ImageList.from_tensors(images, model.backbone.size_divisibility).tensor
+
+    swap = teacher.input_format != input_format
+    for model, images in ((student, normalised(student, False)),
+                          (teacher.model, normalised(teacher.model, swap))):  # fmt: skip
+        handles = [m.register_forward_pre_hook(calibrate) for m in model.modules()
+                   if isinstance(m, norms) and m.running_mean is not None]  # fmt: skip
+        was_training = model.training
+        model.eval()  # BatchNorm normalises with the statistics just set
+        try:
+            model.backbone(images)
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+
+
 def _optimizer(cfg, module: torch.nn.Module):
     if not any(p.requires_grad for p in module.parameters()):
         return None
     return build_optimizer(cfg, module)
 
 
-def benchmark(cfg, *, iters: int, warmup: int, progress: Callable = None) -> BenchmarkResult:
+def benchmark(
+    cfg, *, iters: int, warmup: int, progress: Callable = None, random_weights: bool = False
+) -> BenchmarkResult:
     """Measure the four phases (see the module docstring) of ``cfg``'s Distiller.
 
     Args:
         cfg: a validated Distiller config (``MODEL.META_ARCHITECTURE: "Distiller"``).
         iters: measured iterations; warmup: unmeasured iterations before them.
         progress: optional callable, called once per iteration with its index.
+        random_weights: time with random weights instead of loading ``TEACHER.WEIGHTS`` and
+            ``MODEL.WEIGHTS``, their norm statistics calibrated on the first batch
+            (:func:`calibrate_norms`): for timing configs whose checkpoints are not at hand.
+            Otherwise the teacher and the student are initialised as the trainer does.
     """
     if cfg.MODEL.META_ARCHITECTURE != "Distiller":
         raise ConfigError(
@@ -166,7 +216,12 @@ def benchmark(cfg, *, iters: int, warmup: int, progress: Callable = None) -> Ben
         )
     if iters < 1 or warmup < 0:
         raise ConfigError(f"--iters must be >= 1 and --warmup >= 0; got {iters} and {warmup}.")
-    model = DistillTrainer.build_model(cfg)
+    model = Trainer.build_model(cfg)
+    if not random_weights:  # as the trainer initialises a run
+        model.load_teacher()
+        if cfg.MODEL.WEIGHTS:
+            with explained_load(StudentCheckpointer(model.student), cfg.MODEL.WEIGHTS, False):
+                StudentCheckpointer(model.student).load(cfg.MODEL.WEIGHTS)
     model.train()
     device = model.device
     full_opt = build_optimizer(cfg, model)
@@ -180,14 +235,19 @@ def benchmark(cfg, *, iters: int, warmup: int, progress: Callable = None) -> Ben
             f"(STOP_ITER={model.stop_iter}): there is no distillation step to measure."
         )
 
-    loader = iter(DistillTrainer.build_train_loader(cfg))
+    loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(warmup + iters)]
     del loader  # stops the data-loading workers
+    if random_weights:
+        calibrate_norms(model.student, model.teacher_wrapper, batches[0], cfg.INPUT.FORMAT)
+        model.teacher_wrapper.loaded = True  # random on purpose: timing only, nothing is trained
+        logger.info("benchmark: random weights, norm statistics calibrated on the first batch")
 
     memory = PeakMemory(device)
     result = BenchmarkResult(
         memory_per_phase=memory.per_region,
         flush_subnormals=subnormals_flushed() == 1.0 if device.type == "cpu" else None,
+        random_weights=random_weights,
     )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 

@@ -16,14 +16,17 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigError, get_cfg
+from .export import student_config
 from .subnormals import flush_subnormals, log_subnormal_mode
-from .trainer import explained_load, trainer_class
+from .trainer import StudentCheckpointer, Trainer, explained_load
 
 __all__ = [
     "argument_parser",
+    "evaluate",
     "evaluate_teacher",
     "launch_cli",
     "load_config",
+    "register_coco_datasets",
     "setup",
     "train_or_eval",
 ]
@@ -35,10 +38,53 @@ def _merge(cfg: CfgNode, merge: Callable, value, source: str) -> None:
     try:
         merge(value)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
+        hint = ""
+        if "Non-existent config key" in str(e):
+            hint = (
+                " A key of a Detectron2 project (PointRend, Panoptic-DeepLab, your own) needs "
+                "that project's config function: pass --config-function MODULE.FUNCTION, e.g. "
+                "--config-function detectron2.projects.point_rend.add_pointrend_config (README, "
+                "'Using d2dist in your project'). A dataset of your own in COCO format needs no "
+                "key: --coco-dataset NAME ANNOTATIONS.json IMAGE_DIR registers it."
+            )
         raise ConfigError(
             f"{source}: {e}. Keys and value types must be those of Detectron2's config (see "
-            "detectron2/config/defaults.py) or d2dist's MODEL.DISTILL (README)."
+            f"detectron2/config/defaults.py) or d2dist's MODEL.DISTILL (README).{hint}"
         ) from e
+
+
+def register_coco_datasets(datasets: Sequence[Sequence[str]]) -> None:
+    """Register ``(name, annotations.json, image_dir)`` COCO-format datasets (``--coco-dataset``)
+    with Detectron2's ``register_coco_instances`` (evaluated by its COCOEvaluator).
+
+    A name registered already with the same files is left as it is (each process of a
+    multi-process run, or a second run in one process, registers again).
+    """
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    for name, json_file, image_root in datasets:
+        for what, path, test in (("annotation file", json_file, os.path.isfile),
+                                 ("image directory", image_root, os.path.isdir)):  # fmt: skip
+            if not test(path):
+                raise ConfigError(
+                    f"--coco-dataset {name} {json_file} {image_root}: the {what} {path!r} does "
+                    f"not exist (working directory {os.getcwd()})."
+                )
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            same = (
+                getattr(meta, "json_file", None) == json_file
+                and getattr(meta, "image_root", None) == image_root
+            )
+            if same:
+                continue
+            raise ConfigError(
+                f"--coco-dataset {name} ...: a dataset named {name!r} is registered already "
+                f"(json_file={getattr(meta, 'json_file', None)!r}); choose another name."
+            )
+        register_coco_instances(name, {}, json_file, image_root)
+        logger.info(f"Registered the COCO-format dataset {name!r}: {json_file}, {image_root}")
 
 
 def _resolve_device(cfg: CfgNode, opts: Sequence[str]) -> None:
@@ -71,12 +117,14 @@ def _check_datasets(cfg: CfgNode, training: bool) -> None:
                     f"{key} names {name!r}, which is not a registered dataset. d2dist's built-in "
                     f"ones are {ours}; Detectron2's (coco_2017_train, cityscapes_fine_*, ...) "
                     f"need their files under $DETECTRON2_DATASETS (see datasets/README.md); "
-                    "register your own with DatasetCatalog.register before building the trainer."
+                    "register your own with DatasetCatalog.register before building the trainer, "
+                    "or, for a dataset in COCO format, with --coco-dataset NAME JSON IMAGE_DIR."
                 )
 
 
-def _check_output_dir(cfg: CfgNode, resume: bool, training: bool) -> None:
-    out = cfg.OUTPUT_DIR
+def check_output_dir(out: str, resume: bool, training: bool) -> None:
+    """``out`` must be a writable directory, and a training run without ``resume`` must not find
+    an earlier run's checkpoints there (Detectron2 would overwrite them)."""
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -84,7 +132,8 @@ def _check_output_dir(cfg: CfgNode, resume: bool, training: bool) -> None:
     except OSError as e:
         raise ConfigError(
             f"OUTPUT_DIR {out!r} is not a writable directory ({e.strerror or e}). Pass one that "
-            "is, e.g. `OUTPUT_DIR ./output/my_run` at the end of the command line."
+            "is, e.g. `OUTPUT_DIR ./output/my_run` at the end of the command line (LazyConfig: "
+            "train.output_dir=./output/my_run)."
         ) from e
     # Detectron2 would silently overwrite an earlier run's checkpoints: refuse instead.
     if training and not resume and os.path.exists(os.path.join(out, "last_checkpoint")):
@@ -95,11 +144,21 @@ def _check_output_dir(cfg: CfgNode, resume: bool, training: bool) -> None:
         )
 
 
-def load_config(config_file: str, opts: Sequence[str], *, training: bool = True) -> CfgNode:
+def load_config(
+    config_file: str,
+    opts: Sequence[str],
+    *,
+    training: bool = True,
+    config_functions: Sequence[str] = (),
+    coco_datasets: Sequence[Sequence[str]] = (),
+) -> CfgNode:
     """The validated (not frozen) config of ``config_file`` with ``KEY VALUE`` overrides ``opts``.
 
-    Checks the file, the keys, the datasets (the training sets too if ``training``) and resolves
-    ``MODEL.DEVICE``; every problem is a :class:`ConfigError` that says how to fix it.
+    ``config_functions`` (dotted names, ``--config-function``) add a project's keys before the
+    file is merged (the teacher's config starts from them too); ``coco_datasets`` are registered
+    first (:func:`register_coco_datasets`). Checks the file, the keys, the datasets (the training
+    sets too if ``training``) and resolves ``MODEL.DEVICE``; every problem is a
+    :class:`ConfigError` that says how to fix it.
     """
     if not config_file:
         raise ConfigError("--config-file is required: the YAML config of the model to train.")
@@ -108,7 +167,8 @@ def load_config(config_file: str, opts: Sequence[str], *, training: bool = True)
             f"--config-file {config_file!r} does not exist (working directory: "
             f"{os.getcwd()}). Configs that ship with d2dist are under configs/."
         )
-    cfg = get_cfg()
+    register_coco_datasets(coco_datasets)
+    cfg = get_cfg(*config_functions)
     _merge(cfg, cfg.merge_from_file, config_file, f"config file {config_file!r}")
     _merge(cfg, cfg.merge_from_list, opts, "command-line overrides")
     _resolve_device(cfg, opts)
@@ -131,7 +191,13 @@ def setup(args) -> CfgNode:
     Args:
         args: parsed ``detectron2.engine.default_argument_parser()`` arguments.
     """
-    cfg = load_config(args.config_file, args.opts, training=not args.eval_only)
+    cfg = load_config(
+        args.config_file,
+        args.opts,
+        training=not args.eval_only,
+        config_functions=getattr(args, "config_function", None) or (),
+        coco_datasets=getattr(args, "coco_dataset", None) or (),
+    )
     # Before any computation starts PyTorch's thread pool (each thread inherits the mode).
     flushed = flush_subnormals(cfg.MODEL.DEVICE)
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
@@ -139,7 +205,7 @@ def setup(args) -> CfgNode:
             "--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model_final.pth, or "
             "--resume to evaluate the last checkpoint in OUTPUT_DIR."
         )
-    _check_output_dir(cfg, resume=args.resume, training=not args.eval_only)
+    check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, training=not args.eval_only)
     cfg.freeze()
     default_setup(cfg, args)
     # d2dist's own messages (teacher, resolved targets, DDP) into the console and log.txt too,
@@ -153,6 +219,24 @@ def argument_parser():
     """Detectron2's ``default_argument_parser`` plus d2dist's options (``--eval-teacher``)."""
     parser = default_argument_parser()
     parser.add_argument(
+        "--config-function",
+        action="append",
+        default=[],
+        metavar="MODULE.FUNCTION",
+        help="a Detectron2 project's config function to apply before the config file is merged "
+        "(e.g. detectron2.projects.point_rend.add_pointrend_config), for configs with that "
+        "project's keys; the teacher's config starts from it too. Repeat for several",
+    )
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a dataset in COCO format under NAME (annotations JSON, image directory), "
+        "to name it in DATASETS.TRAIN / DATASETS.TEST. Repeat for several",
+    )
+    parser.add_argument(
         "--eval-teacher",
         action="store_true",
         help="before distilling, evaluate the teacher on DATASETS.TEST (results in "
@@ -161,36 +245,63 @@ def argument_parser():
     return parser
 
 
-def evaluate_teacher(cfg: CfgNode) -> dict:
-    """Evaluate the teacher of a Distiller config on ``cfg.DATASETS.TEST``.
-
-    The teacher is built exactly as for training (its own config, weights loaded strictly) and
-    evaluated with its own input settings (format, test sizes) by the evaluator of each test
-    dataset. Results are logged and written to ``OUTPUT_DIR/teacher_eval/results.json``.
-    """
-    from ..modeling.teacher import build_teacher
-
+def _check_distiller_for_eval_teacher(cfg: CfgNode) -> None:
     if cfg.MODEL.META_ARCHITECTURE != "Distiller":
         raise ConfigError(
             f"--eval-teacher evaluates a distillation run's teacher, but MODEL.META_ARCHITECTURE "
             f"is {cfg.MODEL.META_ARCHITECTURE!r}; a plain model is evaluated with --eval-only."
         )
-    teacher = build_teacher(cfg)
-    tcfg = teacher.cfg.clone()
+
+
+def evaluate_teacher(cfg: CfgNode, teacher=None) -> dict:
+    """Evaluate the teacher of a Distiller config on ``cfg.DATASETS.TEST``.
+
+    Args:
+        cfg: the Distiller config.
+        teacher: its :class:`~d2dist.modeling.Teacher` when one is built already (the trainer's:
+            it is not built twice); else it is built from ``cfg``. Its weights are loaded (once,
+            strictly) if they are not yet.
+
+    The teacher runs with its own input settings (format, test sizes) and is scored by the
+    evaluator of each test dataset. Results are logged and written to
+    ``OUTPUT_DIR/teacher_eval/results.json``.
+    """
+    from ..modeling.teacher import build_teacher
+
+    _check_distiller_for_eval_teacher(cfg)
+    teacher = (teacher or build_teacher(cfg)).load()
+    # A yacs teacher runs with its own test settings; a LazyConfig one with the student's
+    # test-time resizing, in its own channel order.
+    tcfg = (teacher.cfg if teacher.cfg is not None else cfg).clone()
     tcfg.defrost()
+    tcfg.INPUT.FORMAT = teacher.input_format
     tcfg.DATASETS.TEST = cfg.DATASETS.TEST
     tcfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "teacher_eval")
     tcfg.freeze()
     if comm.is_main_process():
         os.makedirs(tcfg.OUTPUT_DIR, exist_ok=True)
-    logger.info("Evaluating the teacher (%s) on %s", cfg.MODEL.DISTILL.TEACHER.WEIGHTS,
-                list(cfg.DATASETS.TEST))  # fmt: skip
-    results = trainer_class(tcfg).test(tcfg, teacher)
+    logger.info("Evaluating the teacher (%s) on %s", teacher.weights, list(cfg.DATASETS.TEST))
+    results = Trainer.test(tcfg, teacher.model)
     if comm.is_main_process():  # the evaluators return the results on the main process only
         with open(os.path.join(tcfg.OUTPUT_DIR, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         logger.info("Teacher evaluation: %s", json.dumps(results))
     return results
+
+
+def evaluate(cfg: CfgNode, resume: bool) -> dict:
+    """``--eval-only``: evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, OUTPUT_DIR's last
+    checkpoint). For a Distiller config only the student is built and loaded (from a Distiller
+    checkpoint's ``student.`` entries, or a plain student checkpoint): no teacher is needed."""
+    distilled = cfg.MODEL.META_ARCHITECTURE == "Distiller"
+    eval_cfg = student_config(cfg) if distilled else cfg
+    model = Trainer.build_model(eval_cfg)
+    checkpointer = (StudentCheckpointer if distilled else DetectionCheckpointer)(
+        model, save_dir=cfg.OUTPUT_DIR
+    )
+    with explained_load(checkpointer, cfg.MODEL.WEIGHTS, resume):
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    return Trainer.test(eval_cfg, model)
 
 
 def train_or_eval(cfg: CfgNode, args):
@@ -199,27 +310,29 @@ def train_or_eval(cfg: CfgNode, args):
     With ``--eval-teacher`` a Distiller's teacher is evaluated first (:func:`evaluate_teacher`).
     Returns the evaluation results of the run (a dict of metrics per dataset).
     """
-    trainer_cls = trainer_class(cfg)
-    if getattr(args, "eval_teacher", False):  # on every rank: evaluation is sharded
-        evaluate_teacher(cfg)
+    eval_teacher = getattr(args, "eval_teacher", False)  # on every rank: evaluation is sharded
+    if eval_teacher:
+        _check_distiller_for_eval_teacher(cfg)
     if args.eval_only:
-        model = trainer_cls.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        with explained_load(checkpointer, cfg.MODEL.WEIGHTS, args.resume):
-            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return trainer_cls.test(cfg, model)
-    trainer = trainer_cls(cfg)
-    trainer.resume_or_load(resume=args.resume)
+        if eval_teacher:
+            evaluate_teacher(cfg)
+        return evaluate(cfg, args.resume)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)  # loads the teacher of a Distiller too
+    if eval_teacher:
+        evaluate_teacher(cfg, trainer.checkpointer.model.teacher_wrapper)
     trainer.train()
     # DefaultTrainer.train() returns them only when TEST.EXPECTED_RESULTS is set.
     return trainer._last_eval_results
 
 
 def _cpu_processes(args) -> bool:
-    """Whether ``--num-gpus N`` asks for N CPU processes: ``MODEL.DEVICE cpu`` on the command
-    line of a machine without CUDA (Detectron2's launcher then uses the gloo backend)."""
+    """Whether ``--num-gpus N`` asks for N CPU processes: ``MODEL.DEVICE cpu`` (LazyConfig:
+    ``train.device=cpu``) on the command line of a machine without CUDA (Detectron2's launcher then uses the gloo backend).
+    """
     opts = list(args.opts)
     devices = [v for k, v in zip(opts[::2], opts[1::2]) if k == "MODEL.DEVICE"]
+    devices += [o.split("=", 1)[1] for o in opts if o.startswith("train.device=")]  # LazyConfig
     return bool(devices) and devices[-1] == "cpu" and not torch.cuda.is_available()
 
 

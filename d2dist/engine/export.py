@@ -1,16 +1,24 @@
 """Export the student of a Distiller run as a plain Detectron2 checkpoint and config."""
 
+import copy
 import logging
 import os
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.modeling import build_model
+from detectron2.config import get_cfg as d2_get_cfg
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
-from ..config import ConfigError
+from ..config import ConfigError, config_defaults
 
-__all__ = ["export_student", "student_config"]
+__all__ = [
+    "export_lazy_student",
+    "export_student",
+    "plain_student_config",
+    "run_checkpoint",
+    "student_config",
+]
 
 logger = logging.getLogger(__name__)
 _PREFIX = "student."
@@ -30,19 +38,79 @@ def student_config(cfg: CfgNode) -> CfgNode:
     return scfg
 
 
-def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str]:
-    """Write the student's weights to ``output`` (.pth) and its config next to it (.yaml).
+def _plain(value):
+    """Tuples as lists (a config file gives lists where defaults are tuples), for comparison."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
-    The weights are the ``student.*`` entries of a Distiller checkpoint, without the prefix:
-    no teacher, adapters or other training-only modules. They are checked by loading them
-    strictly into a model built from the written config.
 
-    Returns:
-        the paths of the weights and the config.
+def _prune(node: CfgNode, base: CfgNode, defaults: CfgNode, path: str, kept: List[str]) -> None:
+    """Remove from ``node`` the keys absent from ``base`` whose value is their default; the
+    others absent from ``base`` (a project's keys in use) are listed in ``kept``."""
+    for key in list(node):
+        full = f"{path}{key}"
+        value = node[key]
+        in_base = base is not None and key in base
+        default = defaults.get(key) if isinstance(defaults, CfgNode) else None
+        if isinstance(value, CfgNode):
+            _prune(value, base[key] if in_base else None, default, f"{full}.", kept)
+            if not in_base and not value:
+                del node[key]
+        elif not in_base:
+            if _plain(value) == _plain(default):
+                del node[key]
+            else:
+                kept.append(full)
+
+
+def plain_student_config(cfg: CfgNode) -> Tuple[CfgNode, List[str]]:
+    """The student's config as a plain Detectron2 config, and the project keys it still uses.
+
+    From :func:`student_config`, keys that plain ``detectron2.config.get_cfg()`` lacks are left
+    out where they hold their default (DeepLab's and FCOS's keys, which d2dist's own config adds,
+    and any project's); those set to something else are kept and returned, so that merging the
+    file needs only the config functions of the student's own project. ``MODEL.DEVICE`` is left
+    out (the loading machine's default applies).
     """
     scfg = student_config(cfg)
+    kept: List[str] = []
+    _prune(scfg, d2_get_cfg(), config_defaults(cfg), "", kept)
+    scfg.MODEL.pop("DEVICE")
+    return scfg, kept
+
+
+def run_checkpoint(run_dir: str) -> str:
+    """The checkpoint a run directory ends with: the one its ``last_checkpoint`` names."""
+    tag = os.path.join(run_dir, "last_checkpoint")
+    if not os.path.isfile(tag):
+        raise ConfigError(
+            f"run directory {run_dir!r} has no last_checkpoint: it holds no finished or "
+            "interrupted training run (give --checkpoint FILE instead)."
+        )
+    with open(tag) as f:
+        name = f.read().strip()
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{tag} names {name!r}, which is not in {run_dir!r}.")
+    return path
+
+
+def _student_weights(checkpoint: str, output: str):
+    """The ``student.*`` entries of a Distiller checkpoint (prefix removed) and the names of the
+    other top-level modules it held; refuses to write over the checkpoint itself."""
     if not os.path.isfile(checkpoint):
         raise ConfigError(f"checkpoint {checkpoint!r} does not exist")
+    if os.path.isdir(output) or output.endswith(os.sep):
+        raise ConfigError(f"--output {output!r} is a directory; give the file to write (.pth).")
+    if os.path.abspath(output) == os.path.abspath(checkpoint) or (
+        os.path.exists(output) and os.path.samefile(output, checkpoint)
+    ):
+        raise ConfigError(
+            f"--output {output!r} is the checkpoint being exported: it would replace the run's "
+            "checkpoint (optimizer, scheduler, adapters) by the student alone. Write the student "
+            "to another file, e.g. student.pth next to it."
+        )
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model_state = state.get("model", state)
     weights = {k[len(_PREFIX) :]: v for k, v in model_state.items() if k.startswith(_PREFIX)}
@@ -52,22 +120,104 @@ def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str
             "run (a plain model's checkpoint needs no export)."
         )
     dropped = sorted({k.split(".")[0] for k in model_state if not k.startswith(_PREFIX)})
+    return weights, dropped
+
+
+def _write_atomically(files) -> None:
+    """``(path, write(tmp_path))`` pairs: each file appears only once completely written."""
+    for path, write in files:
+        tmp = path + ".tmp"
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
+    """:func:`export_student` for a LazyConfig run (its ``model`` a Distiller): the student's
+    LazyConfig (the run's config with ``model`` = its ``model.student`` and
+    ``train.init_checkpoint`` = the exported weights) is saved with ``LazyConfig.save``, which
+    plain Detectron2 loads (``LazyConfig.load`` + ``instantiate(cfg.model)``)."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from .lazy import is_distiller_node
+
+    if not is_distiller_node(cfg.model):
+        raise ConfigError("the LazyConfig's model is not a d2dist Distiller: no student to export")
+    weights, dropped = _student_weights(checkpoint, output)
+    model = instantiate(cfg.model.student)
+    model.load_state_dict(weights, strict=True)  # verify before writing anything
+    scfg = copy.deepcopy(cfg)
+    scfg.model = cfg.model.student
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    scfg.train.init_checkpoint = os.path.relpath(os.path.abspath(output))
+    config_path = os.path.splitext(output)[0] + ".yaml"
+    _write_atomically(
+        [
+            (
+                output,
+                lambda tmp: torch.save({"model": weights, "__author__": "d2dist export"}, tmp),
+            ),
+            (config_path, lambda tmp: LazyConfig.save(scfg, tmp)),
+        ]
+    )
+    logger.info(
+        f"Exported the student ({len(weights)} tensors; dropped {dropped}) to {output} with its "
+        f"LazyConfig {config_path}"
+    )
+    return output, config_path
+
+
+def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str]:
+    """Write the student's weights to ``output`` (.pth) and its config next to it (.yaml).
+
+    The weights are the ``student.*`` entries of a Distiller checkpoint, without the prefix:
+    no teacher, adapters or other training-only modules. They are checked by loading them
+    strictly into a model built from the written config. The config is plain Detectron2
+    (:func:`plain_student_config`) and names the weights by a path relative to the working
+    directory. Both files appear only once completely written.
+
+    Returns:
+        the paths of the weights and the config.
+    """
+    scfg, kept = plain_student_config(cfg)
+    weights, dropped = _student_weights(checkpoint, output)
     # Verify before writing anything: strict load into the plain student, on the CPU.
-    scfg.MODEL.DEVICE = "cpu"
-    scfg.MODEL.WEIGHTS = ""
-    model = build_model(scfg)
+    check = scfg.clone()
+    check.MODEL.DEVICE = "cpu"
+    check.MODEL.WEIGHTS = ""
+    model = build_model(check)
     model.load_state_dict(weights, strict=True)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    scfg.MODEL.WEIGHTS = os.path.abspath(output)
-    scfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    scfg.MODEL.WEIGHTS = os.path.relpath(os.path.abspath(output))
     config_path = os.path.splitext(output)[0] + ".yaml"
-    tmp = output + ".tmp"
-    torch.save({"model": weights, "__author__": "d2dist export_student"}, tmp)
-    os.replace(tmp, output)
-    with open(config_path, "w") as f:
-        f.write(scfg.dump())
+
+    def write_config(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(scfg.dump())
+
+    _write_atomically(
+        [
+            (
+                output,
+                lambda tmp: torch.save({"model": weights, "__author__": "d2dist export"}, tmp),
+            ),
+            (config_path, write_config),
+        ]
+    )
+    meta = META_ARCH_REGISTRY.get(scfg.MODEL.META_ARCHITECTURE)
+    if meta.__module__.startswith("d2dist."):
+        logger.warning(
+            f"The student's meta-architecture {scfg.MODEL.META_ARCHITECTURE!r} is registered by "
+            f"d2dist ({meta.__module__}; Detectron2 builds it from LazyConfig only), so loading "
+            "the exported config needs `import d2dist` (and d2dist.config.get_cfg())."
+        )
     logger.info(
         f"Exported the student ({len(weights)} tensors; dropped {dropped}) to {output} with its "
         f"config {config_path}"
+        + (f"; it uses project keys {kept}: merge it after that project's config function"
+           if kept else "")  # fmt: skip
     )
     return output, config_path

@@ -17,6 +17,7 @@ Set the environment variable ``D2DIST_FLUSH_DENORMAL=0`` to keep subnormals (IEE
 
 import logging
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -71,6 +72,8 @@ def flush_subnormals(device) -> Optional[bool]:
         return None
     if not torch.set_flush_denormal(wanted):  # False: the processor has no such mode
         return False
+    if wanted:  # numpy then finds float64's smallest subnormal to be 0 and says so, harmlessly
+        warnings.filterwarnings("ignore", "The value of the smallest subnormal", UserWarning)
     return subnormals_flushed() == 1.0 if wanted else False
 
 

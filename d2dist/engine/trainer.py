@@ -5,13 +5,14 @@ import logging
 import os
 import weakref
 
-import detectron2.engine.defaults as d2_defaults
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.projects.deeplab.build_solver import (
     build_lr_scheduler as build_deeplab_lr_scheduler,
 )
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -22,6 +23,7 @@ from ..evaluation import build_evaluator
 __all__ = [
     "AtomicCheckpointer",
     "create_ddp_model",
+    "DistillationMixin",
     "explained_load",
     "Trainer",
     "DistillTrainer",
@@ -65,8 +67,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
 logger = logging.getLogger(__name__)
 
-_d2_create_ddp_model = d2_defaults.create_ddp_model
-
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     """Detectron2's ``create_ddp_model``, for CPU processes (gloo) too, and with
@@ -86,37 +86,61 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     kwargs.setdefault(
         "find_unused_parameters", bool(getattr(model, "needs_find_unused_parameters", False))
     )
-    return _d2_create_ddp_model(model, **kwargs)
+    return d2_create_ddp_model(model, **kwargs)
 
 
-@contextlib.contextmanager
-def _ddp_factory(factory):
-    """Make ``DefaultTrainer.__init__`` wrap its model with ``factory`` (its DDP step is a call
-    of the module-level ``create_ddp_model``; there is no method to override)."""
-    saved = d2_defaults.create_ddp_model
-    d2_defaults.create_ddp_model = factory
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = saved
+class DistillationMixin:
+    """Makes a Detectron2 ``DefaultTrainer`` (or a subclass of it) train d2dist Distillers as well
+    as plain models. It goes first among the bases of a project's own trainer::
 
+        class Trainer(DistillationMixin, DefaultTrainer):  # was: class Trainer(DefaultTrainer)
+            ...
 
-class Trainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` for any registered meta-architecture.
+    What it changes, for every model:
 
-    Adds only what ``DefaultTrainer`` leaves abstract: :meth:`build_evaluator` picks the official
-    evaluator of each test dataset (COCO, semantic segmentation, Cityscapes, ...) from its
-    metadata, so teachers, baselines and distilled students are scored by the same code. The LR
-    schedulers are Detectron2's plus the DeepLab project's ``WarmupPolyLR`` (its segmentation
-    recipes' schedule). Checkpoints are written atomically (:class:`AtomicCheckpointer`).
-    With several processes the model is wrapped by :func:`create_ddp_model` (GPUs with NCCL,
-    or CPU processes with gloo).
+    - DDP: the model is wrapped by d2dist's :func:`create_ddp_model` (CPU processes with gloo
+      too; ``find_unused_parameters`` when the model needs it). ``DefaultTrainer.__init__`` wraps
+      with a module-level function and has no method to override, so this ``__init__`` builds
+      the same parts in the same order through the trainer's own ``build_*`` methods (Detectron2
+      itself is not changed).
+    - Checkpoints are written atomically (:class:`AtomicCheckpointer`); ``resume_or_load``
+      without ``resume`` refuses an ``OUTPUT_DIR`` that holds an earlier run's checkpoints;
+      d2dist's log messages go to the console and ``OUTPUT_DIR/log.txt``.
+
+    For a Distiller only (plain models load as in Detectron2):
+
+    - :meth:`resume_or_load` loads the teacher's weights (strictly, from its own source) and
+      initialises the *student* from ``MODEL.WEIGHTS`` (an ImageNet backbone, a plain student
+      checkpoint, a Distiller checkpoint: its ``student.`` entries); ``--resume`` restores the
+      whole run (student, adapters, optimizer, scheduler, iteration) from ``OUTPUT_DIR``.
     """
 
     def __init__(self, cfg):
-        with _ddp_factory(create_ddp_model):
-            super().__init__(cfg)
-        model = self._trainer.model
+        if not isinstance(self, DefaultTrainer):
+            raise TypeError(
+                f"{type(self).__name__}: DistillationMixin goes before DefaultTrainer (or a "
+                "subclass of it) among the bases, e.g. class Trainer(DistillationMixin, "
+                "DefaultTrainer)."
+            )
+        super(DefaultTrainer, self).__init__()  # TrainerBase: DefaultTrainer's own parent
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        if not logging.getLogger("d2dist").handlers:  # a project's own script: d2dist's messages
+            setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2dist")
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
         if comm.get_world_size() > 1:
             assert isinstance(model, DistributedDataParallel), type(model)
             logger.info(
@@ -126,17 +150,40 @@ class Trainer(DefaultTrainer):
                 model.find_unused_parameters,
             )
 
+    def resume_or_load(self, resume=True):
+        from ..modeling import Distiller
+        from .defaults import check_output_dir
+
+        check_output_dir(self.cfg.OUTPUT_DIR, resume=resume, training=True)  # never overwrite
+        model = self.checkpointer.model  # unwrapped from DDP by the checkpointer
+        with explained_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume) as resuming:
+            if not isinstance(model, Distiller):
+                return super().resume_or_load(resume=resume)
+            model.load_teacher()
+            if resuming:
+                return super().resume_or_load(resume=resume)
+            weights = self.cfg.MODEL.WEIGHTS
+            if weights:
+                StudentCheckpointer(model.student).load(weights)
+            else:
+                logger.info("MODEL.WEIGHTS is empty: the student starts from its random init.")
+            self.start_iter = 0
+
+
+class Trainer(DistillationMixin, DefaultTrainer):
+    """d2dist's trainer: Detectron2's ``DefaultTrainer`` with :class:`DistillationMixin`, for
+    every registered meta-architecture, plain or Distiller.
+
+    Adds only what ``DefaultTrainer`` leaves abstract: :meth:`build_evaluator` picks the official
+    evaluator of each test dataset (COCO, semantic segmentation, Cityscapes, ...) from its
+    metadata, so teachers, baselines and distilled students are scored by the same code. The LR
+    schedulers are Detectron2's plus the DeepLab project's ``WarmupPolyLR`` (its segmentation
+    recipes' schedule). Empty training sets are a :class:`ConfigError` naming the key.
+    """
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
-
-    def build_hooks(self):
-        # Called by DefaultTrainer.__init__ once its checkpointer exists: swap in the atomic one
-        # before the checkpointing hook is built around it.
-        self.checkpointer = AtomicCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        return super().build_hooks()
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -156,13 +203,6 @@ class Trainer(DefaultTrainer):
                 "annotations). Check the dataset's files (datasets/README.md) and its "
                 "registration, or name another dataset."
             ) from e
-
-    def resume_or_load(self, resume=True):
-        with explained_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume) as resuming:
-            self._resume_or_load(resume, resuming)
-
-    def _resume_or_load(self, resume: bool, resuming: bool) -> None:
-        super().resume_or_load(resume=resume)
 
 
 @contextlib.contextmanager
@@ -191,38 +231,30 @@ def explained_load(checkpointer: DetectionCheckpointer, weights: str, resume: bo
 
 
 class StudentCheckpointer(DetectionCheckpointer):
-    """Loads initial weights into a Distiller's student.
+    """Loads weights into a Distiller's student (the model given is the student).
 
     Accepts plain student checkpoints, Detectron2 / Caffe2 model-zoo files (with Detectron2's
-    name matching) and checkpoints of a Distiller run (their ``student.`` prefix is removed).
+    name matching) and checkpoints of a Distiller run, of which only the student's entries are
+    loaded (their ``student.`` prefix removed; adapters and other terms' modules left out).
     """
 
     def _load_model(self, checkpoint):
-        _strip_prefix_if_present(checkpoint["model"], "student.")
+        state = checkpoint["model"]
+        _strip_prefix_if_present(state, "module.")  # saved from a DDP-wrapped model
+        if any(k.startswith("student.") for k in state):
+            others = sorted({k.split(".")[0] for k in state if not k.startswith("student.")})
+            if others:
+                logger.info(f"Loading the student of a Distiller checkpoint (leaving out {others})")
+            for k in [k for k in state if not k.startswith("student.")]:
+                del state[k]
+            _strip_prefix_if_present(state, "student.")
         return super()._load_model(checkpoint)
 
 
-class DistillTrainer(Trainer):
-    """The trainer of ``MODEL.META_ARCHITECTURE: "Distiller"`` runs.
-
-    The optimizer, DDP and checkpoints hold the student and the distillation modules; the
-    teacher is outside all three (see :class:`d2dist.modeling.Distiller`). ``MODEL.WEIGHTS``
-    initialises the student only, so it can never overwrite teacher weights; resuming restores
-    the whole run (student, adapters, optimizer, scheduler, iteration) from ``OUTPUT_DIR``.
-    """
-
-    def _resume_or_load(self, resume: bool, resuming: bool) -> None:
-        if resuming:
-            return super()._resume_or_load(resume, resuming)
-        distiller = self.checkpointer.model  # unwrapped from DDP by the checkpointer
-        weights = self.cfg.MODEL.WEIGHTS
-        if weights:
-            StudentCheckpointer(distiller.student).load(weights)
-        else:
-            logger.info("MODEL.WEIGHTS is empty: the student starts from its random init.")
-        self.start_iter = 0
+# Earlier names: Trainer now trains Distillers and plain models alike.
+DistillTrainer = Trainer
 
 
 def trainer_class(cfg):
-    """The trainer for a config: :class:`DistillTrainer` for a Distiller, else :class:`Trainer`."""
-    return DistillTrainer if cfg.MODEL.META_ARCHITECTURE == "Distiller" else Trainer
+    """The trainer for a config: :class:`Trainer`, whatever the meta-architecture."""
+    return Trainer

@@ -135,46 +135,19 @@ class TargetExtractor:
     Everything is validated at construction: feature names, logit targets and class counts.
 
     Args:
-        student, teacher: the two meta-architectures (the teacher frozen, in eval mode).
+        student: the student meta-architecture.
+        teacher: the :class:`~d2dist.modeling.teacher.Teacher` (how it runs: input format,
+            pixel statistics, autocast, memory format).
         request: the union of the terms' requests.
-        input_format: the student's ``INPUT.FORMAT``; ``teacher_format`` the teacher's.
-        autocast: "", "bfloat16" or "float16" for the teacher's forward.
-        channels_last: convert the teacher's weights, and its input images at each step, to the
-            channels_last memory format (the teacher's outputs are made contiguous again).
+        input_format: the student's ``INPUT.FORMAT`` (the format of the step's images).
     """
 
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        request: TargetRequest,
-        *,
-        input_format: str,
-        teacher_format: str,
-        autocast: str = "",
-        channels_last: bool = False,
-    ):
-        self.student, self.teacher, self.request = student, teacher, request
-        formats = {input_format, teacher_format}
-        if input_format != teacher_format and formats != {"RGB", "BGR"}:
-            raise ConfigError(
-                f"student INPUT.FORMAT={input_format!r} and teacher INPUT.FORMAT="
-                f"{teacher_format!r}: d2dist converts only between 'RGB' and 'BGR'."
-            )
-        self.swap_channels = input_format != teacher_format
-        if autocast not in ("", "bfloat16", "float16"):
-            raise ConfigError(
-                f"MODEL.DISTILL.TEACHER.AUTOCAST={autocast!r}; expected '', 'bfloat16' or 'float16'"
-            )
-        self.autocast = autocast
-        if not isinstance(channels_last, bool):
-            raise ConfigError(
-                f"MODEL.DISTILL.TEACHER.CHANNELS_LAST={channels_last!r}; expected True or False"
-            )
-        self.channels_last = channels_last
-        if channels_last:
-            teacher.to(memory_format=torch.channels_last)
-
+    def __init__(self, student: nn.Module, teacher, request: TargetRequest, *, input_format: str):
+        teacher.check_formats(input_format)
+        self.teacher = teacher
+        self.input_format = input_format
+        self.student, self.request = student, request
+        teacher = teacher.model
         check_feature_names(request.features, student, teacher, "a term's IN_FEATURES")
         for target in request.logits:
             if target not in LOGIT_TARGETS:
@@ -216,7 +189,7 @@ class TargetExtractor:
         self._outputs, self._inputs = outputs, inputs
 
     def _check_dense(self) -> None:
-        s, t = self.student, self.teacher
+        s, t = self.student, self.teacher.model
         s_shapes, t_shapes = s.backbone.output_shape(), t.backbone.output_shape()
         s_strides = [s_shapes[f].stride for f in s.head_in_features]
         t_strides = [t_shapes[f].stride for f in t.head_in_features]
@@ -239,24 +212,9 @@ class TargetExtractor:
         return Recorder(self.student, outputs=self._outputs, inputs=self._inputs)
 
     # ---- teacher side ------------------------------------------------------------------
-    def _autocast(self):
-        """The teacher's own precision: its AUTOCAST dtype, else float32 (autocast off), also
-        inside the student's mixed-precision region (``SOLVER.AMP``)."""
-        device = self.teacher.pixel_mean.device.type
-        if not self.autocast:
-            return torch.autocast(device_type=device, enabled=False)
-        return torch.autocast(device_type=device, dtype=getattr(torch, self.autocast))
-
     def teacher_images(self, batched_inputs: Sequence[dict]) -> ImageList:
         """The student's (augmented) images in the teacher's format and normalisation."""
-        t = self.teacher
-        images = [x["image"].to(t.pixel_mean.device) for x in batched_inputs]
-        if self.swap_channels:
-            images = [x.flip(0) for x in images]
-        images = [(x - t.pixel_mean) / t.pixel_std for x in images]
-        return ImageList.from_tensors(
-            images, t.backbone.size_divisibility, padding_constraints=t.backbone.padding_constraints
-        )
+        return self.teacher.images(batched_inputs, self.input_format)
 
     @torch.no_grad()
     def teacher_forward(self, batched_inputs: Sequence[dict], student_rec: Recorder) -> dict:
@@ -265,11 +223,11 @@ class TargetExtractor:
         Returns the teacher's raw outputs by kind (``features``, ``roi``, ``dense``, ``pixel``),
         for :meth:`pair`.
         """
-        t, req = self.teacher, self.request
+        t, req = self.teacher.model, self.request
         out = {}
-        with self._autocast():
+        with self.teacher.autocast_context():
             images = self.teacher_images(batched_inputs).tensor
-            if self.channels_last:
+            if self.teacher.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             feats = t.backbone(images)
             out["features"] = feats

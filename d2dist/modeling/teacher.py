@@ -1,19 +1,43 @@
-"""The teacher: built from its own Detectron2 config, loaded strictly, frozen, always in eval."""
+"""The teacher: built from its own config, frozen, always in eval, loaded strictly and only once.
+
+:class:`Teacher` is the one small wrapper that owns how the teacher is run: its input format,
+pixel statistics (read from the built model), autocast dtype and memory format, and where its
+weights come from. Building a teacher (:func:`build_teacher`, called by ``build_model``) reads its
+config but never its weights: :meth:`Teacher.load` does, where Detectron2 loads weights (d2dist's
+trainers' ``resume_or_load``, ``--eval-teacher``, the benchmark). A teacher whose weights were
+never loaded cannot train a student (:meth:`Teacher.check_loaded`).
+"""
 
 import logging
 import os
+from typing import Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList
 from torch import nn
 
 from ..config import ConfigError
 
-__all__ = ["build_teacher", "load_teacher_config", "build_meta_arch"]
+__all__ = [
+    "Teacher",
+    "TeacherNotLoadedError",
+    "build_meta_arch",
+    "build_teacher",
+    "is_lazy_config",
+    "load_lazy_teacher_config",
+    "load_teacher_config",
+]
 
 logger = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = ("", "bfloat16", "float16")
+
+
+class TeacherNotLoadedError(RuntimeError):
+    """A Distiller was asked to train with a teacher whose weights were never loaded."""
 
 
 def build_meta_arch(cfg: CfgNode, name: str, key: str) -> nn.Module:
@@ -36,13 +60,8 @@ def build_meta_arch(cfg: CfgNode, name: str, key: str) -> nn.Module:
     return META_ARCH_REGISTRY.get(name)(cfg)
 
 
-def load_teacher_config(cfg: CfgNode) -> CfgNode:
-    """The teacher's config: d2dist's defaults + ``TEACHER.CONFIG_FILE`` + ``TEACHER.OPTS``.
-
-    The teacher runs on the student's ``MODEL.DEVICE``.
-    """
-    from ..config import get_cfg
-
+def _teacher_config_path(cfg: CfgNode) -> str:
+    """``TEACHER.CONFIG_FILE`` resolved: a file path (``model_zoo:`` names a model-zoo config)."""
     tcfg = cfg.MODEL.DISTILL.TEACHER
     path = tcfg.CONFIG_FILE
     if not path:
@@ -54,22 +73,58 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
         from detectron2 import model_zoo
 
         try:
-            path = model_zoo.get_config_file(path[len("model_zoo:") :])
+            return model_zoo.get_config_file(path[len("model_zoo:") :])
         except RuntimeError as e:
             raise ConfigError(f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r}: {e}") from e
-    elif not os.path.isfile(path):
+    if not os.path.isfile(path):
         raise ConfigError(
             f"MODEL.DISTILL.TEACHER.CONFIG_FILE={path!r} does not exist (working directory "
             f"{os.getcwd()}). Give a path to the teacher's config file, or 'model_zoo:<path>' "
             "for a config of Detectron2's model zoo."
         )
-    teacher_cfg = get_cfg()
+    return path
+
+
+def is_lazy_config(path: str) -> bool:
+    """Whether a config file is a LazyConfig (Python) file rather than a yacs YAML file."""
+    return path.endswith(".py")
+
+
+def load_teacher_config(cfg: CfgNode) -> CfgNode:
+    """The teacher's yacs config: the defaults the student's config started from
+    (:func:`d2dist.config.config_defaults`), ``TEACHER.CONFIG_FUNCTIONS``, ``TEACHER.CONFIG_FILE``
+    and ``TEACHER.OPTS``.
+
+    The teacher runs on the student's ``MODEL.DEVICE``.
+    """
+    from ..config import apply_config_functions, config_defaults
+
+    tcfg = cfg.MODEL.DISTILL.TEACHER
+    path = _teacher_config_path(cfg)
+    if is_lazy_config(path):
+        raise ConfigError(
+            f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r} is a LazyConfig file, which "
+            "has no yacs config; build the teacher with d2dist.modeling.build_teacher(cfg)."
+        )
+    teacher_cfg = config_defaults(cfg)
+    apply_config_functions(
+        teacher_cfg, tcfg.CONFIG_FUNCTIONS, "MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS names"
+    )
     try:
         teacher_cfg.merge_from_file(path)
         teacher_cfg.merge_from_list(list(tcfg.OPTS))
     except (KeyError, ValueError, AssertionError) as e:
+        hint = ""
+        if "Non-existent config key" in str(e):
+            hint = (
+                " If the key belongs to a Detectron2 project (PointRend, Panoptic-DeepLab, your "
+                "own), name the project's config function in MODEL.DISTILL.TEACHER."
+                "CONFIG_FUNCTIONS, e.g. ['detectron2.projects.point_rend.add_pointrend_config'], "
+                "or apply it to the student's config too (tools/train_net.py --config-function "
+                "NAME; in your own train_net, call it before add_distill_config)."
+            )
         raise ConfigError(
-            f"teacher config {path!r} with MODEL.DISTILL.TEACHER.OPTS={list(tcfg.OPTS)}: {e}"
+            f"teacher config {path!r} with MODEL.DISTILL.TEACHER.OPTS={list(tcfg.OPTS)}: {e}.{hint}"
         ) from e
     if teacher_cfg.MODEL.META_ARCHITECTURE == "Distiller":
         raise ConfigError(
@@ -83,8 +138,41 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     return teacher_cfg
 
 
+def load_lazy_teacher_config(cfg: CfgNode):
+    """The teacher's LazyConfig (``TEACHER.CONFIG_FILE`` a ``.py`` file, ``TEACHER.OPTS`` its
+    ``key=value`` overrides), which must define ``model``."""
+    from detectron2.config import LazyConfig
+
+    tcfg = cfg.MODEL.DISTILL.TEACHER
+    path = _teacher_config_path(cfg)
+    opts = list(tcfg.OPTS)
+    bad = [o for o in opts if "=" not in o]
+    if bad:
+        raise ConfigError(
+            f"MODEL.DISTILL.TEACHER.OPTS={opts}: a LazyConfig teacher takes 'key=value' "
+            f"overrides (e.g. 'model.roi_heads.num_classes=3'); {bad} is not of that form."
+        )
+    try:
+        lazy = LazyConfig.apply_overrides(LazyConfig.load(path), opts)
+    except Exception as e:  # a user's Python file: any exception is possible
+        raise ConfigError(
+            f"could not load the LazyConfig teacher {path!r} with MODEL.DISTILL.TEACHER.OPTS="
+            f"{opts}: {type(e).__name__}: {e}"
+        ) from e
+    if "model" not in lazy:
+        raise ConfigError(
+            f"the LazyConfig teacher {path!r} defines no 'model' (it has {sorted(lazy)}); the "
+            "teacher is the instantiated `model` of its config file."
+        )
+    return lazy
+
+
 class _StrictCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer, but a key or shape mismatch is an error instead of a log line."""
+
+    def __init__(self, model: nn.Module, *, key: str, source: str):
+        super().__init__(model)
+        self.key, self.source = key, source
 
     def _log_incompatible_keys(self, incompatible) -> None:
         problems = []
@@ -99,47 +187,221 @@ class _StrictCheckpointer(DetectionCheckpointer):
             problems.append(f"shape mismatches: {shapes}")
         if problems:
             raise ConfigError(
-                f"MODEL.DISTILL.TEACHER.WEIGHTS does not fit the teacher built from "
-                f"TEACHER.CONFIG_FILE ({'; '.join(problems)}). Use the weights that were "
-                "trained with that config (and its OPTS)."
+                f"{self.key} does not fit the teacher built from {self.source} "
+                f"({'; '.join(problems)}). Use the weights that were trained with that config "
+                "(and its OPTS)."
             )
 
 
-def build_teacher(cfg: CfgNode) -> nn.Module:
-    """Build the frozen, eval-mode teacher described by ``cfg.MODEL.DISTILL.TEACHER``.
+class Teacher:
+    """A frozen, eval-mode teacher model and how it is run on the student's images.
 
-    Its weights are loaded strictly: missing, unexpected or mis-shaped keys are an error, and so
-    is an empty ``TEACHER.WEIGHTS`` (a random teacher is never used by accident).
+    Not an ``nn.Module`` of its own and never a submodule of the Distiller: the teacher stays out
+    of the student's ``state_dict()``, optimizer and DDP. ``.to()`` of the Distiller moves it.
+
+    Args:
+        model: any Detectron2-style meta-architecture (``backbone``, ``pixel_mean``,
+            ``pixel_std``, and the heads the terms use).
+        input_format: the channel order the teacher was trained on ("BGR" or "RGB"). Default:
+            the model's own ``input_format`` attribute (Detectron2's R-CNN, RetinaNet and FCOS
+            have it); other models need it given.
+        weights: its trained checkpoint (a path or any URL Detectron2's checkpointer reads),
+            loaded strictly by :meth:`load`. Empty for a model whose weights are already loaded,
+            which must then be said with ``loaded=True``.
+        loaded: the model already holds its trained weights (e.g. loaded by hand).
+        autocast: "", "bfloat16" or "float16": run it under ``torch.autocast`` of that dtype
+            ("": float32, with autocast off even inside the student's mixed-precision region).
+        channels_last: run it (weights and images) in the channels_last memory format.
+        source: where it was built from, for messages (a config file, "hand-built", ...).
+        cfg: its yacs config, when it was built from one; lazy: its LazyConfig, when from one.
     """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        input_format: Optional[str] = None,
+        weights: str = "",
+        loaded: bool = False,
+        autocast: str = "",
+        channels_last: bool = False,
+        source: str = "hand-built",
+        cfg: Optional[CfgNode] = None,
+        lazy=None,
+    ):
+        if input_format is None:
+            input_format = getattr(model, "input_format", None)
+            if input_format is None:
+                raise ConfigError(
+                    f"the teacher ({type(model).__name__}, {source}) has no input_format "
+                    "attribute: give Teacher(..., input_format='BGR' or 'RGB'), the channel "
+                    "order it was trained on."
+                )
+        for attr in ("pixel_mean", "pixel_std", "backbone"):
+            if not hasattr(model, attr):
+                raise ConfigError(
+                    f"the teacher ({type(model).__name__}, {source}) has no {attr!r}; d2dist "
+                    "teachers are Detectron2 meta-architectures (backbone, pixel_mean, pixel_std)."
+                )
+        if autocast not in AUTOCAST_DTYPES:
+            raise ConfigError(
+                f"MODEL.DISTILL.TEACHER.AUTOCAST={autocast!r}; expected '', 'bfloat16' or 'float16'"
+            )
+        if not isinstance(channels_last, bool):
+            raise ConfigError(
+                f"MODEL.DISTILL.TEACHER.CHANNELS_LAST={channels_last!r}; expected True or False"
+            )
+        if not weights and not loaded:
+            raise ConfigError(
+                "MODEL.DISTILL.TEACHER.WEIGHTS is empty: the teacher must be trained. Set it to "
+                "the teacher's checkpoint (a path, or a URL such as detectron2://...)"
+                + ("." if cfg is not None else "; for a model whose weights you loaded yourself, "
+                   "pass Teacher(model, loaded=True).")  # fmt: skip
+            )
+        self.model = model
+        self.input_format = input_format
+        self.weights = weights
+        self.loaded = bool(loaded)
+        self.autocast = autocast
+        self.channels_last = channels_last
+        self.source = source
+        self.cfg, self.lazy = cfg, lazy
+        model.eval()
+        model.requires_grad_(False)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    @property
+    def pixel_mean(self) -> torch.Tensor:
+        return self.model.pixel_mean
+
+    @property
+    def pixel_std(self) -> torch.Tensor:
+        return self.model.pixel_std
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.pixel_mean.device
+
+    def load(self) -> "Teacher":
+        """Load :attr:`weights` into the model, strictly (a missing, unexpected or mis-shaped key
+        is a :class:`ConfigError` listing them); a teacher already loaded is left as it is."""
+        if self.loaded:
+            return self
+        weights = self.weights
+        if "://" not in weights and not os.path.isfile(weights):
+            raise ConfigError(
+                f"MODEL.DISTILL.TEACHER.WEIGHTS={weights!r} does not exist (working directory "
+                f"{os.getcwd()})."
+            )
+        checkpointer = _StrictCheckpointer(
+            self.model, key="MODEL.DISTILL.TEACHER.WEIGHTS", source=self.source
+        )
+        try:
+            checkpointer.load(weights)
+        except ConfigError:
+            raise
+        except Exception as e:  # unreadable / corrupt files surface as many exception types
+            raise ConfigError(
+                f"could not read MODEL.DISTILL.TEACHER.WEIGHTS={weights!r}: {type(e).__name__}: {e}"
+            ) from e
+        if self.channels_last:  # loading copies into the parameters; keep their memory format
+            self.model.to(memory_format=torch.channels_last)
+        self.model.eval()
+        self.loaded = True
+        logger.info(
+            f"Teacher: {type(self.model).__name__} from {self.source}, weights {weights} "
+            f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M params)"
+        )
+        return self
+
+    def check_loaded(self) -> None:
+        """Raise :class:`TeacherNotLoadedError` unless the teacher's weights were loaded."""
+        if not self.loaded:
+            raise TeacherNotLoadedError(
+                f"the teacher ({type(self.model).__name__} from {self.source}) was built but its "
+                f"weights ({self.weights!r}) were never loaded, so it cannot teach. Load them "
+                "before training: d2dist's trainers do it in resume_or_load (in your own trainer "
+                "class, add d2dist.engine.DistillationMixin as its first base; README, 'Using "
+                "d2dist in your project'), or call distiller.load_teacher() yourself."
+            )
+
+    def autocast_context(self):
+        """The teacher's own precision: its AUTOCAST dtype, else float32 (autocast off), also
+        inside the student's mixed-precision region (``SOLVER.AMP``)."""
+        device = self.device.type
+        if not self.autocast:
+            return torch.autocast(device_type=device, enabled=False)
+        return torch.autocast(device_type=device, dtype=getattr(torch, self.autocast))
+
+    def images(self, batched_inputs: Sequence[dict], student_format: str) -> ImageList:
+        """The student's (augmented) images, given in ``student_format``, in the teacher's channel
+        order and normalisation, padded as the teacher's backbone needs."""
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        if student_format != self.input_format:
+            images = [x.flip(0) for x in images]
+        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        backbone = self.model.backbone
+        return ImageList.from_tensors(
+            images,
+            backbone.size_divisibility,
+            padding_constraints=backbone.padding_constraints,
+        )
+
+    def check_formats(self, student_format: str) -> None:
+        """The student's and the teacher's formats must be equal or the RGB/BGR pair."""
+        formats = {student_format, self.input_format}
+        if student_format != self.input_format and formats != {"RGB", "BGR"}:
+            raise ConfigError(
+                f"student INPUT.FORMAT={student_format!r} and teacher INPUT.FORMAT="
+                f"{self.input_format!r}: d2dist converts only between 'RGB' and 'BGR'."
+            )
+
+
+def build_teacher(cfg: CfgNode) -> Teacher:
+    """The :class:`Teacher` described by ``cfg.MODEL.DISTILL.TEACHER``: its structure, on
+    ``MODEL.DEVICE``, frozen and in eval mode. Its weights are not read here (call
+    :meth:`Teacher.load`), but an empty ``TEACHER.WEIGHTS`` is already an error.
+
+    ``TEACHER.CONFIG_FILE`` is a yacs file (see :func:`load_teacher_config`) or a LazyConfig
+    ``.py`` file, whose ``model`` is instantiated; the input format is then read from the built
+    model's ``input_format`` and the pixel statistics from its ``pixel_mean`` / ``pixel_std``.
+    """
+    t = cfg.MODEL.DISTILL.TEACHER
+    device = torch.device(cfg.MODEL.DEVICE)
+    common = {"weights": t.WEIGHTS, "autocast": t.AUTOCAST, "channels_last": t.CHANNELS_LAST}
+    if is_lazy_config(_teacher_config_path(cfg)):
+        from detectron2.config import instantiate
+
+        lazy = load_lazy_teacher_config(cfg)
+        if t.CONFIG_FUNCTIONS:
+            raise ConfigError(
+                f"MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS={list(t.CONFIG_FUNCTIONS)} apply to yacs "
+                f"configs; the teacher {t.CONFIG_FILE!r} is a LazyConfig file. Empty the list."
+            )
+        try:
+            model = instantiate(lazy.model)
+        except Exception as e:  # a user's config: any exception is possible
+            raise ConfigError(
+                f"could not build the `model` of the LazyConfig teacher {t.CONFIG_FILE!r}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"the `model` of the LazyConfig teacher {t.CONFIG_FILE!r} built a "
+                f"{type(model).__name__}, not a torch.nn.Module."
+            )
+        model.to(device)
+        return Teacher(model, source=f"LazyConfig {t.CONFIG_FILE}", lazy=lazy, **common)
     teacher_cfg = load_teacher_config(cfg)
-    weights = cfg.MODEL.DISTILL.TEACHER.WEIGHTS
-    if not weights:
-        raise ConfigError(
-            "MODEL.DISTILL.TEACHER.WEIGHTS is empty: the teacher must be trained. Set it to the "
-            "teacher's checkpoint (a path, or a URL such as detectron2://...)."
-        )
-    if "://" not in weights and not os.path.isfile(weights):
-        raise ConfigError(
-            f"MODEL.DISTILL.TEACHER.WEIGHTS={weights!r} does not exist (working directory "
-            f"{os.getcwd()})."
-        )
-    teacher = build_meta_arch(
+    model = build_meta_arch(
         teacher_cfg, teacher_cfg.MODEL.META_ARCHITECTURE, "teacher MODEL.META_ARCHITECTURE"
     )
-    teacher.to(torch.device(teacher_cfg.MODEL.DEVICE))
-    try:
-        _StrictCheckpointer(teacher).load(weights)
-    except ConfigError:
-        raise
-    except Exception as e:  # unreadable / corrupt files surface as many exception types
-        raise ConfigError(
-            f"could not read MODEL.DISTILL.TEACHER.WEIGHTS={weights!r}: {type(e).__name__}: {e}"
-        ) from e
-    teacher.eval()
-    teacher.requires_grad_(False)
-    teacher.cfg = teacher_cfg  # what the target extractors read (input format, etc.)
-    logger.info(
-        f"Teacher: {teacher_cfg.MODEL.META_ARCHITECTURE} from {cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE}"
-        f", weights {weights} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params)"
+    model.to(device)
+    return Teacher(
+        model,
+        input_format=teacher_cfg.INPUT.FORMAT,
+        source=f"{teacher_cfg.MODEL.META_ARCHITECTURE} config {t.CONFIG_FILE}",
+        cfg=teacher_cfg,
+        **common,
     )
-    return teacher

@@ -19,7 +19,8 @@ TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
 DATA, TEACHER_TINY, STUDENT_TINY = SHAPES_TINY_DATA, SHAPES_TEACHER_TINY, SHAPES_STUDENT_TINY
 KEYS = {
     "student_step_s", "teacher_forward_s", "method_step_s", "distill_step_s", "overhead_ratio",
-    "distill_over_student", "peak_memory_mib", "term_step_s", "flush_subnormals",
+    "distill_over_student", "peak_memory_mib", "term_step_s", "slowest_s",
+    "flush_subnormals", "random_weights",
 }  # fmt: skip
 
 
@@ -60,7 +61,8 @@ def test_json_has_every_key_and_the_ratios_come_from_the_parts(teacher_weights, 
     for phase in PHASES:
         assert out[f"{phase}_s"] > 0
         assert out["peak_memory_mib"][phase] > 0
-    assert set(out["peak_memory_mib"]) == set(PHASES)
+    assert set(out["peak_memory_mib"]) == set(PHASES) == set(out["slowest_s"])
+    assert all(out["slowest_s"][p] >= out[f"{p}_s"] for p in PHASES)
     floor = out["student_step_s"] + out["teacher_forward_s"] + out["method_step_s"]
     assert out["overhead_ratio"] == pytest.approx(out["distill_step_s"] / floor)
     assert out["distill_over_student"] == pytest.approx(
@@ -79,7 +81,8 @@ def test_table_names_every_part_and_both_ratios(teacher_weights, capsys):
     assert status == 0
     text = capsys.readouterr().out
     assert "subnormal floats: flushed to zero" in text
-    for name in (*PHASES, "term DIST", "overhead_ratio", "distill_over_student", "peak MiB"):
+    names = (*PHASES, "term DIST", "overhead_ratio", "distill_over_student", "slowest s")
+    for name in (*names, "peak MiB"):
         assert name in text
 
 

@@ -146,6 +146,7 @@ def test_exported_student_is_a_plain_model_with_the_same_results(teacher_weights
     scfg = get_cfg()
     scfg.merge_from_file(config)
     assert scfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    scfg.MODEL.DEVICE = "cpu"  # the exported config pins no device (cuda is the default)
     scfg.OUTPUT_DIR = str(tmp_path / "eval")
     model = Trainer.build_model(scfg)
     model.load_state_dict(exported, strict=True)
@@ -199,13 +200,13 @@ def test_model_weights_initialise_the_student_only(teacher_weights, tmp_path):
     cfg.MODEL.WEIGHTS = str(pkl)
     cfg.OUTPUT_DIR = out
     trainer = DistillTrainer(cfg)
-    teacher_before = {k: v.clone() for k, v in trainer.model.teacher.state_dict().items()}
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=False)  # loads the teacher's own weights, then MODEL.WEIGHTS
     student = trainer.model.student.state_dict()
     for k in init:
         assert torch.all(student[k] == 0.5), k
+    saved = torch.load(teacher_weights, weights_only=False)["model"]
     for k, v in trainer.model.teacher.state_dict().items():
-        assert torch.equal(v, teacher_before[k]), f"teacher {k} was overwritten"
+        assert torch.equal(v, saved[k]), f"teacher {k} was overwritten"
     assert trainer.start_iter == 0
 
 
@@ -384,3 +385,55 @@ def test_two_cpu_processes_with_a_stopping_schedule(teacher_weights, tmp_path):
         none = rank["grad_is_none"]
         assert all(none[n] for n in none if n.startswith("terms."))
         assert not all(none[n] for n in none if n.startswith("student."))
+
+
+def test_eval_only_of_a_distilled_checkpoint_needs_no_teacher(teacher_weights, tmp_path):
+    out = str(tmp_path / "run")
+    opts = _distill_opts(teacher_weights, out, max_iter=2)
+    results = _main("--config-file", DISTILL_CFG, *opts)
+    gone = ["MODEL.DISTILL.TEACHER.WEIGHTS", str(tmp_path / "deleted.pth"),
+            "MODEL.DISTILL.TEACHER.CONFIG_FILE", str(tmp_path / "deleted.yaml")]  # fmt: skip
+    again = _main("--config-file", DISTILL_CFG, "--eval-only", *opts, *gone,
+                  "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                  "OUTPUT_DIR", str(tmp_path / "eval"))  # fmt: skip
+    assert again["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
+
+
+def test_eval_teacher_builds_and_loads_the_teacher_once(teacher_weights, tmp_path, monkeypatch):
+    from d2dist.modeling import teacher as teacher_module
+
+    calls = {"build": 0, "load": 0}
+    build, load = teacher_module.build_teacher, teacher_module.Teacher.load
+
+    def counted_build(cfg):
+        calls["build"] += 1
+        return build(cfg)
+
+    def counted_load(self):
+        calls["load"] += not self.loaded
+        return load(self)
+
+    monkeypatch.setattr("d2dist.modeling.meta_arch.distiller.build_teacher", counted_build)
+    monkeypatch.setattr(teacher_module.Teacher, "load", counted_load)
+    out = str(tmp_path / "run")
+    _main("--config-file", DISTILL_CFG, "--eval-teacher",
+          *_distill_opts(teacher_weights, out, max_iter=1))  # fmt: skip
+    assert calls == {"build": 1, "load": 1}
+    assert os.path.isfile(os.path.join(out, "teacher_eval", "results.json"))
+
+
+def test_the_trainer_patches_nothing_of_detectron2(teacher_weights, tmp_path):
+    import detectron2.engine.defaults as d2_defaults
+
+    original = d2_defaults.create_ddp_model
+    seen = []
+
+    class Watching(Trainer):
+        @classmethod
+        def build_model(cls, cfg):
+            seen.append(d2_defaults.create_ddp_model is original)
+            return super().build_model(cfg)
+
+    cfg = _cfg(*_distill_opts(teacher_weights, str(tmp_path / "run"), max_iter=1))
+    Watching(cfg)
+    assert seen == [True] and d2_defaults.create_ddp_model is original

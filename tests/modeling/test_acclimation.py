@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from _tiny import distill_cfg, inputs, write_teacher
-from detectron2.modeling import build_model
+from _tiny import build_distiller, distill_cfg, inputs, write_teacher
 from detectron2.utils.events import EventStorage
 
 from d2dist.config import ConfigError
@@ -21,7 +20,7 @@ def _model(teacher, terms=("DIST_FEATURE",), **acclimation):
     for key, value in {"ENABLED": True, **acclimation}.items():
         cfg.MODEL.DISTILL.ACCLIMATION[key] = value
     torch.manual_seed(0)
-    return build_model(cfg)
+    return build_distiller(cfg)
 
 
 def _losses(model, iteration=0, seed=0):

@@ -4,8 +4,7 @@ import copy
 
 import pytest
 import torch
-from _tiny import ARCHS, META, distill_cfg, inputs, write_teacher
-from detectron2.modeling import build_model
+from _tiny import ARCHS, META, build_distiller, distill_cfg, inputs, write_teacher
 from detectron2.utils.events import EventStorage
 
 from d2dist.modeling import Distiller
@@ -48,7 +47,7 @@ def test_distiller_trains_and_evaluates_like_the_student(arch, tmp_path):
     t_cfg, t_weights = write_teacher(str(tmp_path), arch)
     cfg = distill_cfg(arch, t_cfg, t_weights)
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_distiller(cfg)
     assert isinstance(model, Distiller)
     assert type(model.student).__name__ == META[arch]
     teacher = model.teacher

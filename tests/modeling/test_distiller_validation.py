@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from _tiny import distill_cfg, inputs, tiny_cfg, write_teacher
-from detectron2.modeling import build_model
+from _tiny import build_distiller, distill_cfg, inputs, tiny_cfg, write_teacher
 from detectron2.utils.events import EventStorage
 
 from d2dist.config import ConfigError
@@ -26,7 +25,8 @@ def _cfg(teacher, arch="faster_rcnn", **distill):
     return cfg
 
 
-# (what is wrong, how to break the config, expected message); each case builds the model.
+# (what is wrong, how to break the config, expected message); each case builds the model and
+# loads its teacher (as the trainers do before the first step).
 def _cases(tmp_path, teacher):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00not a checkpoint")
@@ -92,7 +92,7 @@ def test_every_misconfiguration_fails_at_build_time_with_its_message(tmp_path, r
     assert len(cases) >= 20
     for what, change, message in cases:
         with pytest.raises(ConfigError, match=message):
-            build_model(_cfg(rcnn_teacher, **change))
+            build_distiller(_cfg(rcnn_teacher, **change))
             pytest.fail(f"{what}: built without error")
 
 
@@ -103,7 +103,7 @@ def test_stride_mismatch_is_reported(tmp_path):
     with pytest.raises(
         ConfigError, match=r"'res5' has stride 32 in the student and 16 in the teacher"
     ):
-        build_model(cfg)
+        build_distiller(cfg)
 
 
 def test_dense_heads_with_other_anchors_are_reported(tmp_path):
@@ -112,7 +112,7 @@ def test_dense_heads_with_other_anchors_are_reported(tmp_path):
     with pytest.raises(
         ConfigError, match=r"dense logits: the student's head has 18 .* teacher's 3"
     ):
-        build_model(cfg)
+        build_distiller(cfg)
 
 
 def _train_step(model, batch, iteration=0):
@@ -127,7 +127,7 @@ def test_teacher_sees_the_students_images_in_its_own_format(tmp_path):
         str(tmp_path), "faster_rcnn", INPUT__FORMAT="RGB",
         MODEL__PIXEL_MEAN=[120.0, 110.0, 100.0], MODEL__PIXEL_STD=[50.0, 60.0, 70.0],
     )  # fmt: skip
-    model = build_model(distill_cfg("faster_rcnn", *teacher, losses=("MIMIC",)))
+    model = build_distiller(distill_cfg("faster_rcnn", *teacher, losses=("MIMIC",)))
     batch = inputs("faster_rcnn")
     with Recorder(model.teacher, inputs=["backbone"]) as rec:
         _train_step(model, batch)
@@ -149,7 +149,7 @@ def test_only_the_teacher_parts_the_terms_need_run(tmp_path, rcnn_teacher):
 
         return hook
 
-    model = build_model(_cfg(rcnn_teacher, LOSSES=["MIMIC"]))
+    model = build_distiller(_cfg(rcnn_teacher, LOSSES=["MIMIC"]))
     t = model.teacher
     for name in ("backbone", "proposal_generator", "roi_heads.box_pooler"):
         dict(t.named_modules())[name].register_forward_pre_hook(count(name))
@@ -157,7 +157,7 @@ def test_only_the_teacher_parts_the_terms_need_run(tmp_path, rcnn_teacher):
     assert calls == {"backbone": 1}
 
     calls.clear()
-    model = build_model(_cfg(rcnn_teacher, LOSSES=["KD"]))
+    model = build_distiller(_cfg(rcnn_teacher, LOSSES=["KD"]))
     t = model.teacher
     boxes_seen = []
     for name in ("backbone", "proposal_generator"):
@@ -173,7 +173,7 @@ def test_only_the_teacher_parts_the_terms_need_run(tmp_path, rcnn_teacher):
 
 
 def test_roi_logits_are_aligned_row_for_row(tmp_path, rcnn_teacher):
-    model = build_model(_cfg(rcnn_teacher, LOSSES=["KD"]))
+    model = build_distiller(_cfg(rcnn_teacher, LOSSES=["KD"]))
     model.train()
     with EventStorage(0):
         with model.extractor.student_recorder() as rec:
@@ -186,7 +186,7 @@ def test_roi_logits_are_aligned_row_for_row(tmp_path, rcnn_teacher):
 
 
 def test_teacher_autocast_bfloat16(tmp_path, rcnn_teacher):
-    model = build_model(_cfg(rcnn_teacher, TEACHER__AUTOCAST="bfloat16"))
+    model = build_distiller(_cfg(rcnn_teacher, TEACHER__AUTOCAST="bfloat16"))
     with Recorder(model.teacher, outputs=["backbone"]) as rec:
         losses = _train_step(model, inputs("faster_rcnn"))
     assert rec.output("backbone")["p2"].dtype == torch.bfloat16
@@ -199,7 +199,7 @@ def test_teacher_channels_last_gives_the_same_losses(tmp_path, rcnn_teacher):
     losses = {}
     for channels_last in (False, True):
         torch.manual_seed(0)  # the same student and adapters
-        model = build_model(_cfg(rcnn_teacher, TEACHER__CHANNELS_LAST=channels_last))
+        model = build_distiller(_cfg(rcnn_teacher, TEACHER__CHANNELS_LAST=channels_last))
         conv = model.teacher.backbone.bottom_up.stem.conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
         torch.manual_seed(0)
@@ -209,7 +209,7 @@ def test_teacher_channels_last_gives_the_same_losses(tmp_path, rcnn_teacher):
 
 
 def test_a_non_finite_term_names_the_term_the_level_and_the_iteration(tmp_path, rcnn_teacher):
-    model = build_model(_cfg(rcnn_teacher))
+    model = build_distiller(_cfg(rcnn_teacher))
 
     def poison_p3(module, args, out):  # the teacher's p3 turns to NaN
         out["p3"] = torch.full_like(out["p3"], float("nan"))
@@ -232,20 +232,20 @@ def test_a_deeplab_teacher_needs_the_students_crops_for_pixel_logits(tmp_path):
     cfg.MODEL.DISTILL.DIST.TARGET = "pixel"
     with pytest.raises(ConfigError, match=r"training crop INPUT.CROP.SIZE=\(64, 64\) .* trains on "
                        r"uncropped images"):  # fmt: skip
-        build_model(cfg)
+        build_distiller(cfg)
     cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", (32, 32)
     with pytest.raises(ConfigError, match=r"trains on crops of \(32, 32\)"):
-        build_model(cfg)
+        build_distiller(cfg)
     cfg.INPUT.CROP.SIZE = (64, 64)  # the same crops
-    _train_step(build_model(cfg), inputs("deeplab_v3"))
+    _train_step(build_distiller(cfg), inputs("deeplab_v3"))
     cfg.INPUT.CROP.ENABLED = False  # or a teacher with global pooling, same weights
     cfg.MODEL.DISTILL.TEACHER.OPTS = ["INPUT.CROP.ENABLED", "False"]
-    losses = _train_step(build_model(cfg), inputs("deeplab_v3"))
+    losses = _train_step(build_distiller(cfg), inputs("deeplab_v3"))
     assert torch.isfinite(losses["loss_distill_dist"])
 
 
 def test_weight_schedule_warms_up_and_stops(tmp_path, rcnn_teacher):
-    model = build_model(
+    model = build_distiller(
         _cfg(rcnn_teacher, WEIGHT_SCHEDULE__WARMUP_ITERS=4, WEIGHT_SCHEDULE__STOP_ITER=6)
     )
     assert [model.schedule_factor(i) for i in range(8)] == [0.25, 0.5, 0.75, 1, 1, 1, 0, 0]
@@ -266,9 +266,9 @@ def test_weight_schedule_warms_up_and_stops(tmp_path, rcnn_teacher):
 def test_student_loss_weight(tmp_path, rcnn_teacher):
     batch = inputs("faster_rcnn")
     torch.manual_seed(0)
-    plain = _train_step(build_model(_cfg(rcnn_teacher)), batch)
+    plain = _train_step(build_distiller(_cfg(rcnn_teacher)), batch)
     torch.manual_seed(0)
-    halved = _train_step(build_model(_cfg(rcnn_teacher, STUDENT_LOSS_WEIGHT=0.5)), batch)
+    halved = _train_step(build_distiller(_cfg(rcnn_teacher, STUDENT_LOSS_WEIGHT=0.5)), batch)
     torch.testing.assert_close(halved["loss_cls"], plain["loss_cls"] * 0.5)
     torch.testing.assert_close(halved["loss_distill_kd"], plain["loss_distill_kd"])
 
@@ -299,7 +299,7 @@ def test_model_zoo_teacher_config_resolves():
     ],
 )
 def test_ddp_looks_for_unused_parameters_only_when_some_go_unused(rcnn_teacher, change, expected):
-    model = build_model(_cfg(rcnn_teacher, **change))
+    model = build_distiller(_cfg(rcnn_teacher, **change))
     assert model.needs_find_unused_parameters is expected
     if "ACCLIMATION__START_ITER" in change:  # before START_ITER acclimation takes no part
         model.zero_grad()

@@ -9,8 +9,7 @@ float32.
 import pytest
 import torch
 import torch.nn.functional as F
-from _tiny import distill_cfg, inputs, write_teacher
-from detectron2.modeling import build_model
+from _tiny import build_distiller, distill_cfg, inputs, write_teacher
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
@@ -33,7 +32,7 @@ def _model(tmp_path, arch, terms, distill, teacher_autocast=""):
         cfg.MODEL.DISTILL[ns][k] = value
     cfg.MODEL.DISTILL.TEACHER.AUTOCAST = teacher_autocast
     torch.manual_seed(0)
-    return build_model(cfg)
+    return build_distiller(cfg)
 
 
 def _autocast_step(model, batch):

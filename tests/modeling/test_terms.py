@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from _tiny import distill_cfg, inputs, write_teacher
+from _tiny import build_distiller, distill_cfg, inputs, write_teacher
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from d2dist.config import ConfigError
@@ -110,7 +109,7 @@ def _build(tmp_path, arch, terms, distill, teacher_overrides, weights=None):
     for name, w in (weights or {}).items():
         cfg.MODEL.DISTILL[name.upper()].WEIGHT = w  # LOSSES name -> its namespace
     torch.manual_seed(0)
-    return build_model(cfg)
+    return build_distiller(cfg)
 
 
 @pytest.mark.parametrize("arch,terms,distill,teacher", CASES, ids=lambda x: str(x))

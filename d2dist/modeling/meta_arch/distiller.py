@@ -2,7 +2,7 @@
 
 import logging
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional, Union
 
 import torch
 from detectron2.config import configurable
@@ -12,9 +12,10 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ...config import ConfigError
+from ..lazy import TermSpec
 from ..losses import DistillTerm, build_distill_terms
 from ..targets import TargetExtractor, TargetRequest
-from ..teacher import build_meta_arch, build_teacher
+from ..teacher import Teacher, build_meta_arch, build_teacher
 
 __all__ = ["Distiller"]
 
@@ -34,6 +35,11 @@ class Distiller(nn.Module):
     ``state_dict()`` (run checkpoints hold the student and the terms' adapters only; resuming
     rebuilds the teacher from its source), from ``parameters()`` (never in the optimizer or in
     DDP) and from ``train()`` (it stays in eval mode). ``.to()`` and friends still move it.
+    ``teacher`` is the teacher model; ``teacher_wrapper`` the :class:`Teacher` that runs it.
+
+    Building reads no weights (Detectron2's ``build_model`` contract): the teacher's are loaded by
+    :meth:`load_teacher`, which d2dist's trainers call in ``resume_or_load``; training with a
+    teacher that was never loaded is an error.
     """
 
     @configurable
@@ -41,27 +47,24 @@ class Distiller(nn.Module):
         self,
         *,
         student: nn.Module,
-        teacher: nn.Module,
-        terms: List[DistillTerm],
-        input_format: str,
-        teacher_input_format: str,
+        teacher: Teacher,
+        terms: List[Union[DistillTerm, TermSpec]],
+        input_format: Optional[str] = None,
         student_loss_weight: float = 1.0,
         warmup_iters: int = 0,
         stop_iter: int = -1,
-        teacher_autocast: str = "",
-        teacher_channels_last: bool = False,
     ):
         """
         Args:
             student: the Detectron2 meta-architecture being trained.
-            teacher: a trained meta-architecture; frozen and put in eval mode here.
-            terms: the distillation terms.
-            input_format: the student's ``INPUT.FORMAT``; teacher_input_format the teacher's.
+            teacher: the :class:`Teacher` (its model is frozen and kept in eval mode).
+            terms: the distillation terms, or :class:`~d2dist.modeling.TermSpec` s built here
+                for this student and teacher (LazyConfig configs).
+            input_format: the student's ``INPUT.FORMAT`` (the channel order of the images it
+                is given); default: the student's ``input_format`` attribute.
             student_loss_weight: factor of the student's own losses.
             warmup_iters: the terms' weights rise linearly from 0 over this many iterations.
             stop_iter: from this iteration on the terms are off (-1: never).
-            teacher_autocast: "", "bfloat16" or "float16": the teacher's autocast dtype.
-            teacher_channels_last: run the teacher in channels_last memory format.
         """
         super().__init__()
         if not terms:
@@ -72,10 +75,22 @@ class Distiller(nn.Module):
             )
         if warmup_iters < 0:
             raise ConfigError(f"MODEL.DISTILL.WEIGHT_SCHEDULE.WARMUP_ITERS={warmup_iters} < 0")
+        if not isinstance(teacher, Teacher):
+            raise TypeError(
+                f"Distiller(teacher=...) takes a d2dist.modeling.Teacher, got {type(teacher)}: "
+                "wrap the model, e.g. Teacher(model, weights='teacher.pth')."
+            )
+        if input_format is None:
+            input_format = getattr(student, "input_format", None)
+            if input_format is None:
+                raise ConfigError(
+                    f"Distiller(input_format=...) is needed: the student "
+                    f"({type(student).__name__}) has no input_format attribute. Give the channel "
+                    "order of the images its data loader produces, 'BGR' or 'RGB'."
+                )
+        terms = [t.build(student, teacher.model) if isinstance(t, TermSpec) else t for t in terms]
         self.student = student
-        teacher.eval()
-        teacher.requires_grad_(False)
-        self.__dict__["teacher"] = teacher  # not a submodule: see the class docstring
+        self.__dict__["teacher_wrapper"] = teacher  # not a submodule: see the class docstring
         self.terms = nn.ModuleList(terms)
         self.input_format = input_format
         self.student_loss_weight = float(student_loss_weight)
@@ -83,15 +98,7 @@ class Distiller(nn.Module):
         request = TargetRequest()
         for term in terms:
             request = request | term.request()
-        self.extractor = TargetExtractor(
-            student,
-            teacher,
-            request,
-            input_format=input_format,
-            teacher_format=teacher_input_format,
-            autocast=teacher_autocast,
-            channels_last=teacher_channels_last,
-        )
+        self.extractor = TargetExtractor(student, teacher, request, input_format=input_format)
 
     @classmethod
     def from_config(cls, cfg):
@@ -100,22 +107,29 @@ class Distiller(nn.Module):
             cfg, d.STUDENT_META_ARCHITECTURE, "MODEL.DISTILL.STUDENT_META_ARCHITECTURE"
         )
         student.to(torch.device(cfg.MODEL.DEVICE))
-        teacher = build_teacher(cfg)
-        terms = build_distill_terms(cfg, student, teacher)
+        teacher = build_teacher(cfg)  # its structure: the weights are loaded by load_teacher()
+        terms = build_distill_terms(cfg, student, teacher.model)
         if any("pixel" in term.request().logits for term in terms):
-            _check_teacher_pooling(cfg, teacher)
+            _check_teacher_pooling(cfg, teacher.cfg, teacher.model)
         return {
             "student": student,
             "teacher": teacher,
             "terms": terms,
             "input_format": cfg.INPUT.FORMAT,
-            "teacher_input_format": teacher.cfg.INPUT.FORMAT,
             "student_loss_weight": d.STUDENT_LOSS_WEIGHT,
             "warmup_iters": d.WEIGHT_SCHEDULE.WARMUP_ITERS,
             "stop_iter": d.WEIGHT_SCHEDULE.STOP_ITER,
-            "teacher_autocast": d.TEACHER.AUTOCAST,
-            "teacher_channels_last": d.TEACHER.CHANNELS_LAST,
         }
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The teacher model (frozen, in eval mode, not a submodule)."""
+        return self.teacher_wrapper.model
+
+    def load_teacher(self) -> "Distiller":
+        """Load the teacher's weights from its source, strictly, once (see :class:`Teacher`)."""
+        self.teacher_wrapper.load()
+        return self
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -146,6 +160,7 @@ class Distiller(nn.Module):
         self._check_images(batched_inputs)
         if not self.training:
             return self.student(batched_inputs)
+        self.teacher_wrapper.check_loaded()
         if self.teacher.training:  # someone called teacher.train() explicitly
             self.teacher.eval()
         storage = get_event_storage()
@@ -212,13 +227,19 @@ class Distiller(nn.Module):
         return {k: v * self.student_loss_weight for k, v in losses.items()}
 
 
-def _check_teacher_pooling(cfg, teacher: nn.Module) -> None:
+def _check_teacher_pooling(cfg, teacher_cfg, teacher: nn.Module) -> None:
     """A DeepLab teacher's ASPP pools image features with a kernel fixed by its own training crop
     (``INPUT.CROP.SIZE``); it runs on the student's training images, so they must be those crops.
     """
     if not any(isinstance(m, ASPP) and m.pool_kernel_size for m in teacher.modules()):
         return
-    t_crop, s_crop = teacher.cfg.INPUT.CROP, cfg.INPUT.CROP
+    if teacher_cfg is None:  # a LazyConfig or hand-built teacher: no INPUT.CROP to compare
+        raise ConfigError(
+            "the teacher's DeepLab head (ASPP) pools with a fixed kernel made for its training "
+            "crop, which d2dist can check only for yacs teachers (INPUT.CROP). Build the teacher "
+            "with global pooling (ASPP pool_kernel_size=None), or give it as a yacs config."
+        )
+    t_crop, s_crop = teacher_cfg.INPUT.CROP, cfg.INPUT.CROP
     if s_crop.ENABLED and s_crop.TYPE == "absolute" and tuple(s_crop.SIZE) == tuple(t_crop.SIZE):
         return
     student = f"crops of {tuple(s_crop.SIZE)}" if s_crop.ENABLED else "uncropped images"

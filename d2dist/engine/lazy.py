@@ -1,0 +1,207 @@
+"""Training and evaluation from LazyConfig (``.py``) configs: ``tools/lazyconfig_train_net.py``.
+
+It follows upstream Detectron2's ``tools/lazyconfig_train_net.py`` (same flags, same config
+layout: ``model``, ``dataloader.{train,test,evaluator}``, ``optimizer``, ``lr_multiplier`` and
+``train`` as in ``configs/common/train.py``), with d2dist's additions, for plain models and
+Distillers alike:
+
+- a Distiller's teacher weights are loaded (strictly) before training, and
+  ``train.init_checkpoint`` initialises its *student* (``--resume`` restores the whole run);
+- ``--eval-only`` of a Distiller builds and evaluates its student alone (``model.student``): no
+  teacher is built or needed;
+- DDP through :func:`d2dist.engine.create_ddp_model` (CPU processes too; unused parameters found
+  when the Distiller needs it), atomic checkpoints, the output-directory guard, subnormal
+  flushing on the CPU, and a :class:`ConfigError` (exit 2) for a config that cannot run.
+"""
+
+import logging
+import os
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from omegaconf import DictConfig
+
+from ..config import ConfigError
+from .defaults import check_output_dir
+from .subnormals import flush_subnormals, log_subnormal_mode
+from .trainer import AtomicCheckpointer, StudentCheckpointer, create_ddp_model, explained_load
+
+__all__ = ["do_test", "do_train", "is_distiller_node", "lazy_main", "lazy_setup"]
+
+logger = logging.getLogger(__name__)
+_REQUIRED = ("model", "train")
+
+
+def is_distiller_node(node) -> bool:
+    """Whether a LazyConfig node instantiates d2dist's Distiller."""
+    from ..modeling import Distiller
+
+    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
+    if isinstance(target, str):
+        from detectron2.utils.registry import locate
+
+        target = locate(target)
+    return isinstance(target, type) and issubclass(target, Distiller)
+
+
+def lazy_setup(args):
+    """Load ``args.config_file`` with ``args.opts`` (``key=value``) and set up the run (flushing,
+    output directory, Detectron2's ``default_setup``, d2dist's logger). Returns the config."""
+    path = args.config_file
+    if not path:
+        raise ConfigError("--config-file is required: the LazyConfig (.py) file of the run.")
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"--config-file {path!r} does not exist (working directory {os.getcwd()})"
+        )
+    if not path.endswith(".py"):
+        raise ConfigError(
+            f"--config-file {path!r} is not a LazyConfig .py file; yacs YAML configs run with "
+            "tools/train_net.py."
+        )
+    try:
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(args.opts))
+    except Exception as e:  # a user's Python config: any exception is possible
+        raise ConfigError(
+            f"could not load {path!r} with overrides {list(args.opts)}: {type(e).__name__}: {e}"
+        ) from e
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if not args.eval_only:
+        missing += [k for k in ("optimizer", "lr_multiplier") if k not in cfg]
+        if "dataloader" not in cfg or "train" not in cfg.get("dataloader", {}):
+            missing.append("dataloader.train")
+    if missing:
+        raise ConfigError(
+            f"{path!r} defines no {missing}: a LazyConfig run needs model, dataloader.train / "
+            ".test / .evaluator, optimizer, lr_multiplier and train (as Detectron2's "
+            "configs/common/train.py)."
+        )
+    _resolve_device(cfg, args.opts)
+    flushed = flush_subnormals(cfg.train.device)  # before any computation (thread pool)
+    check_output_dir(cfg.train.output_dir, resume=args.resume, training=not args.eval_only)
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2dist")
+    log_subnormal_mode(flushed)
+    return cfg
+
+
+def _resolve_device(cfg, opts) -> None:
+    """As for yacs configs: ``train.device`` cuda (the default) without a GPU runs on the CPU,
+    with a warning; ``train.device=cuda...`` given on the command line is an error then."""
+    import torch
+
+    device = str(cfg.train.get("device", "cuda"))
+    if not device.startswith("cuda") or torch.cuda.is_available():
+        return
+    if any(str(o).startswith("train.device=") for o in opts):
+        raise ConfigError(
+            f"train.device={device} was given on the command line, but PyTorch "
+            f"{torch.__version__} sees no CUDA device. Run on a machine with a GPU, or pass "
+            "train.device=cpu."
+        )
+    logger.warning("No CUDA device is available: running on the CPU (train.device=cpu).")
+    cfg.train.device = "cpu"
+
+
+def do_test(cfg, model):
+    """Evaluate ``model`` with ``dataloader.test`` and ``dataloader.evaluator`` (upstream's)."""
+    if "evaluator" in cfg.dataloader:
+        ret = inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        )
+        print_csv_format(ret)
+        return ret
+    return {}
+
+
+def _evaluate(cfg, resume: bool):
+    """``--eval-only``: a Distiller's student alone, or the plain model."""
+    distilled = is_distiller_node(cfg.model)
+    model = instantiate(cfg.model.student if distilled else cfg.model)
+    model.to(cfg.train.device)
+    checkpointer = (StudentCheckpointer if distilled else AtomicCheckpointer)(
+        model, save_dir=cfg.train.output_dir
+    )
+    weights = cfg.train.init_checkpoint
+    if not weights and not resume:
+        raise ConfigError(
+            "--eval-only needs trained weights: pass train.init_checkpoint=/path/to/"
+            "model_final.pth, or --resume to evaluate the last checkpoint in train.output_dir."
+        )
+    with explained_load(checkpointer, weights, resume):
+        checkpointer.resume_or_load(weights, resume=resume)
+    return do_test(cfg, create_ddp_model(model))
+
+
+def do_train(args, cfg):
+    """Train as upstream's ``do_train``, with d2dist's initialisation, DDP and checkpoints."""
+    from ..modeling import Distiller
+
+    model = instantiate(cfg.model)
+    logger.info("Model:\n{}".format(model))
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    ddp = dict(cfg.train.ddp)
+    if getattr(model, "needs_find_unused_parameters", False):
+        ddp["find_unused_parameters"] = True
+    wrapped = create_ddp_model(model, **ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(wrapped, train_loader, optim)
+    results = {}
+
+    def evaluate():
+        results.clear()
+        results.update(do_test(cfg, wrapped) or {})
+        return results
+
+    checkpointer = AtomicCheckpointer(wrapped, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            (
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                if comm.is_main_process()
+                else None
+            ),
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if comm.is_main_process()
+                else None
+            ),
+        ]
+    )
+    weights = cfg.train.init_checkpoint
+    with explained_load(checkpointer, weights, args.resume) as resuming:
+        if isinstance(model, Distiller):
+            model.load_teacher()
+        if isinstance(model, Distiller) and not resuming:
+            if weights:
+                StudentCheckpointer(model.student).load(weights)
+            else:
+                logger.info("train.init_checkpoint is empty: the student starts from its init.")
+        else:
+            checkpointer.resume_or_load(weights, resume=args.resume)
+    start_iter = trainer.iter + 1 if resuming else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return dict(results)  # the last evaluation's (the EvalHook runs one after the last step)
+
+
+def lazy_main(args):
+    """The ``main`` of ``tools/lazyconfig_train_net.py``: train, or evaluate with ``--eval-only``.
+
+    Returns the (last) evaluation results, a dict of metrics per task, as upstream prints them.
+    """
+    cfg = lazy_setup(args)
+    if args.eval_only:
+        return _evaluate(cfg, args.resume)
+    return do_train(args, cfg)

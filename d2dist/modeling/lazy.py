@@ -1,0 +1,108 @@
+"""Building blocks for LazyConfig (``.py``) distillation configs and for Python users.
+
+A LazyConfig distillation config's ``model`` is the :class:`~d2dist.modeling.Distiller` itself::
+
+    from detectron2.config import LazyCall as L
+    from d2dist.modeling import Distiller, TermSpec, teacher_from_file, yacs_model
+
+    model = L(Distiller)(
+        student=...,   # any LazyConfig model node, or L(yacs_model)(config_file="student.yaml")
+        teacher=L(teacher_from_file)(config_file="teacher.py" or "teacher.yaml", weights="t.pth"),
+        terms=[L(TermSpec)(name="ReviewKD", weight=1.0, in_features=["p2", "p3"], mid_channels=64)],
+        input_format="BGR",   # the student's, as its data loader gives the images
+    )
+
+Each :class:`TermSpec` is built once the student and the teacher exist, through the same
+registered term (and checks) as a yacs config's ``MODEL.DISTILL.<NAME>`` namespace, so its
+adapters' widths come from the two models' ``output_shape()``.
+"""
+
+from typing import Optional, Sequence
+
+from detectron2.config import CfgNode
+from torch import nn
+
+from ..config import ConfigError, get_cfg
+from .teacher import Teacher, build_meta_arch, build_teacher
+
+__all__ = ["TermSpec", "teacher_from_file", "yacs_model"]
+
+
+def teacher_from_file(
+    config_file: str,
+    weights: str,
+    *,
+    opts: Sequence[str] = (),
+    config_functions: Sequence[str] = (),
+    autocast: str = "",
+    channels_last: bool = False,
+) -> Teacher:
+    """A :class:`Teacher` from its own config file, exactly as ``MODEL.DISTILL.TEACHER`` builds it
+    (a yacs ``.yaml`` or LazyConfig ``.py`` file, ``model_zoo:`` names allowed; ``opts`` are
+    ``KEY VALUE`` pairs for yacs, ``key=value`` strings for LazyConfig). Built on the CPU; its
+    weights are loaded by :meth:`Teacher.load` (the trainers do it)."""
+    cfg = get_cfg(*config_functions)
+    cfg.MODEL.DEVICE = "cpu"
+    t = cfg.MODEL.DISTILL.TEACHER
+    t.CONFIG_FILE, t.WEIGHTS, t.OPTS = config_file, weights, list(opts)
+    t.AUTOCAST, t.CHANNELS_LAST = autocast, channels_last
+    return build_teacher(cfg)
+
+
+def yacs_model(
+    config_file: str, *, opts: Sequence[str] = (), config_functions: Sequence[str] = ()
+) -> nn.Module:
+    """The (untrained) model of a yacs config file, for a LazyConfig Distiller's ``student``."""
+    cfg = get_cfg(*config_functions)
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError, OSError) as e:
+        raise ConfigError(f"yacs_model({config_file!r}, opts={list(opts)}): {e}") from e
+    cfg.MODEL.DEVICE = "cpu"
+    return build_meta_arch(cfg, cfg.MODEL.META_ARCHITECTURE, f"{config_file}: META_ARCHITECTURE")
+
+
+class TermSpec:
+    """A distillation term by its registered name and the options of its config namespace.
+
+    Args:
+        name: the registered name (what ``MODEL.DISTILL.LOSSES`` lists, e.g. "ReviewKD").
+        acclimation: options of ``MODEL.DISTILL.ACCLIMATION`` for the terms that use it
+            (e.g. ``{"enabled": True}``).
+        **options: the term's namespace keys (``MODEL.DISTILL.<KEY>``), in any case:
+            ``weight=1.2, in_features=["p2", "p3"]``.
+    """
+
+    def __init__(self, name: str, *, acclimation: Optional[dict] = None, **options):
+        self.name, self.options, self.acclimation = name, dict(options), dict(acclimation or {})
+
+    def __repr__(self) -> str:
+        return f"TermSpec({self.name!r}, {self.options})"
+
+    def build(self, student: nn.Module, teacher: nn.Module):
+        """The term for these two models (widths from their ``output_shape()``)."""
+        from .losses import DISTILL_LOSS_REGISTRY
+
+        registered = sorted(n for n, _ in DISTILL_LOSS_REGISTRY)
+        if self.name not in registered:
+            raise ConfigError(
+                f"TermSpec(name={self.name!r}): not a registered distillation term; registered: "
+                f"{registered}"
+            )
+        cls = DISTILL_LOSS_REGISTRY.get(self.name)
+        cfg = get_cfg()
+        head = getattr(student, "sem_seg_head", None)
+        if head is not None and hasattr(head, "ignore_value"):
+            cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = head.ignore_value
+        for key, values in ((cls.CONFIG_KEY, self.options), ("ACCLIMATION", self.acclimation)):
+            node = cfg.MODEL.DISTILL[key]
+            for option, value in values.items():
+                if option.upper() not in node:
+                    raise ConfigError(
+                        f"TermSpec({self.name!r}) option {option!r}: MODEL.DISTILL.{key} has no "
+                        f"{option.upper()!r}; it has {sorted(k.lower() for k in node)}."
+                    )
+                node[option.upper()] = value if not isinstance(value, tuple) else list(value)
+        cfg.MODEL.DISTILL.LOSSES = [self.name]
+        return cls(cfg, student, teacher)
