@@ -110,6 +110,22 @@ def test_a_point_rend_student_with_a_faster_rcnn_teacher(point_rend, tmp_path):
     with open(os.path.join(out, "metrics.json")) as f:
         assert any("loss_distill_kd" in json.loads(line) for line in f)
 
+    # Its export merges into plain Detectron2's config with PointRend's own function only.
+    export = load_tool("export_student")
+    assert export.main(["--run-dir", out]) == 2  # the run's config has PointRend's keys
+    assert export.main(["--run-dir", out, "--config-function", POINT_REND]) == 0
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg as plain_get_cfg
+    from detectron2.projects.point_rend import add_pointrend_config
+
+    plain = plain_get_cfg()
+    add_pointrend_config(plain)
+    plain.merge_from_file(os.path.join(out, "student.yaml"))
+    plain.MODEL.DEVICE = "cpu"
+    model = build_model(plain)
+    DetectionCheckpointer(model).load(os.path.join(out, "student.pth"))
+    assert plain.MODEL.ROI_MASK_HEAD.NAME == "PointRendMaskHead"
+
 
 def test_a_faster_rcnn_student_with_a_point_rend_teacher(point_rend, tmp_path):
     config, weights, opts = point_rend

@@ -184,8 +184,10 @@ def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str
     """
     scfg, kept = plain_student_config(cfg)
     weights, dropped = _student_weights(checkpoint, output)
-    # Verify before writing anything: strict load into the plain student, on the CPU.
-    check = scfg.clone()
+    # Verify before writing anything: strict load into the plain student, on the CPU (built from
+    # the whole config: the written one leaves out keys at their defaults, which the loading
+    # side's config functions supply).
+    check = student_config(cfg)
     check.MODEL.DEVICE = "cpu"
     check.MODEL.WEIGHTS = ""
     model = build_model(check)
