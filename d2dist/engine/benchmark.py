@@ -168,14 +168,11 @@ def calibrate_norms(student: nn.Module, teacher, batch, input_format: str) -> No
         module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
         module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
 
-    def normalised(model, swap: bool):
-        images = [x["image"].to(model.pixel_mean.device) for x in batch]
-        images = [((x.flip(0) if swap else x) - model.pixel_mean) / model.pixel_std for x in images]
-        return ImageList.from_tensors(images, model.backbone.size_divisibility).tensor
-
-    swap = teacher.input_format != input_format
-    for model, images in ((student, normalised(student, False)),
-                          (teacher.model, normalised(teacher.model, swap))):  # fmt: skip
+    images = [x["image"].to(student.pixel_mean.device) for x in batch]
+    images = [(x - student.pixel_mean) / student.pixel_std for x in images]
+    student_images = ImageList.from_tensors(images, student.backbone.size_divisibility).tensor
+    teacher_images = teacher.images(batch, input_format).tensor  # its format and statistics
+    for model, images in ((student, student_images), (teacher.model, teacher_images)):
         handles = [m.register_forward_pre_hook(calibrate) for m in model.modules()
                    if isinstance(m, norms) and m.running_mean is not None]  # fmt: skip
         was_training = model.training
@@ -220,8 +217,9 @@ def benchmark(
     if not random_weights:  # as the trainer initialises a run
         model.load_teacher()
         if cfg.MODEL.WEIGHTS:
-            with explained_load(StudentCheckpointer(model.student), cfg.MODEL.WEIGHTS, False):
-                StudentCheckpointer(model.student).load(cfg.MODEL.WEIGHTS)
+            checkpointer = StudentCheckpointer(model.student)
+            with explained_load(checkpointer, cfg.MODEL.WEIGHTS, False):
+                checkpointer.load(cfg.MODEL.WEIGHTS)
     model.train()
     device = model.device
     full_opt = build_optimizer(cfg, model)

@@ -27,6 +27,7 @@ __all__ = [
     "launch_cli",
     "load_config",
     "register_coco_datasets",
+    "resolve_device",
     "setup",
     "train_or_eval",
 ]
@@ -87,22 +88,28 @@ def register_coco_datasets(datasets: Sequence[Sequence[str]]) -> None:
         logger.info(f"Registered the COCO-format dataset {name!r}: {json_file}, {image_root}")
 
 
-def _resolve_device(cfg: CfgNode, opts: Sequence[str]) -> None:
-    """Use the CPU when the config asks for CUDA (Detectron2's default) and no GPU exists.
+def resolve_device(device: str, explicit: bool, key: str, sep: str = " ") -> str:
+    """The device a run uses: the CPU when the config asks for CUDA (Detectron2's default) and
+    no GPU exists, with a warning. A CUDA device given explicitly on the command line is an
+    error instead: the user asked for a GPU, so it is never silently replaced.
 
-    A ``MODEL.DEVICE cuda...`` given explicitly on the command line is an error instead: the
-    user asked for a GPU, so it is never silently replaced.
+    ``key`` and ``sep`` write the setting in messages (``MODEL.DEVICE cpu``, ``train.device=cpu``).
     """
-    if not cfg.MODEL.DEVICE.startswith("cuda") or torch.cuda.is_available():
-        return
-    if "MODEL.DEVICE" in list(opts)[::2]:
+    if not device.startswith("cuda") or torch.cuda.is_available():
+        return device
+    if explicit:
         raise ConfigError(
-            f"MODEL.DEVICE {cfg.MODEL.DEVICE} was given on the command line, but PyTorch "
+            f"{key}{sep}{device} was given on the command line, but PyTorch "
             f"{torch.__version__} sees no CUDA device (torch.cuda.is_available() is False). "
-            "Run on a machine with a GPU, or pass MODEL.DEVICE cpu."
+            f"Run on a machine with a GPU, or pass {key}{sep}cpu."
         )
-    logger.warning("No CUDA device is available: running on the CPU (MODEL.DEVICE cpu).")
-    cfg.MODEL.DEVICE = "cpu"
+    logger.warning(f"No CUDA device is available: running on the CPU ({key}{sep}cpu).")
+    return "cpu"
+
+
+def _resolve_device(cfg: CfgNode, opts: Sequence[str]) -> None:
+    explicit = "MODEL.DEVICE" in list(opts)[::2]
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, explicit, "MODEL.DEVICE")
 
 
 def _check_datasets(cfg: CfgNode, training: bool) -> None:

@@ -25,9 +25,15 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
 from ..config import ConfigError
-from .defaults import check_output_dir
+from .defaults import check_output_dir, resolve_device
 from .subnormals import flush_subnormals, log_subnormal_mode
-from .trainer import AtomicCheckpointer, StudentCheckpointer, create_ddp_model, explained_load
+from .trainer import (
+    AtomicCheckpointer,
+    StudentCheckpointer,
+    create_ddp_model,
+    explained_load,
+    initialise_student,
+)
 
 __all__ = ["do_test", "do_train", "is_distiller_node", "lazy_main", "lazy_setup"]
 
@@ -89,21 +95,10 @@ def lazy_setup(args):
 
 
 def _resolve_device(cfg, opts) -> None:
-    """As for yacs configs: ``train.device`` cuda (the default) without a GPU runs on the CPU,
-    with a warning; ``train.device=cuda...`` given on the command line is an error then."""
-    import torch
-
+    """As for yacs configs (:func:`resolve_device`), for ``train.device``."""
+    explicit = any(str(o).startswith("train.device=") for o in opts)
     device = str(cfg.train.get("device", "cuda"))
-    if not device.startswith("cuda") or torch.cuda.is_available():
-        return
-    if any(str(o).startswith("train.device=") for o in opts):
-        raise ConfigError(
-            f"train.device={device} was given on the command line, but PyTorch "
-            f"{torch.__version__} sees no CUDA device. Run on a machine with a GPU, or pass "
-            "train.device=cpu."
-        )
-    logger.warning("No CUDA device is available: running on the CPU (train.device=cpu).")
-    cfg.train.device = "cpu"
+    cfg.train.device = resolve_device(device, explicit, "train.device", sep="=")
 
 
 def do_test(cfg, model):
@@ -185,10 +180,7 @@ def do_train(args, cfg):
         if isinstance(model, Distiller):
             model.load_teacher()
         if isinstance(model, Distiller) and not resuming:
-            if weights:
-                StudentCheckpointer(model.student).load(weights)
-            else:
-                logger.info("train.init_checkpoint is empty: the student starts from its init.")
+            initialise_student(model, weights, "train.init_checkpoint")
         else:
             checkpointer.resume_or_load(weights, resume=args.resume)
     start_iter = trainer.iter + 1 if resuming else 0

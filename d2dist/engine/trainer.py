@@ -25,6 +25,7 @@ __all__ = [
     "create_ddp_model",
     "DistillationMixin",
     "explained_load",
+    "initialise_student",
     "Trainer",
     "DistillTrainer",
     "StudentCheckpointer",
@@ -162,12 +163,17 @@ class DistillationMixin:
             model.load_teacher()
             if resuming:
                 return super().resume_or_load(resume=resume)
-            weights = self.cfg.MODEL.WEIGHTS
-            if weights:
-                StudentCheckpointer(model.student).load(weights)
-            else:
-                logger.info("MODEL.WEIGHTS is empty: the student starts from its random init.")
+            initialise_student(model, self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
             self.start_iter = 0
+
+
+def initialise_student(distiller: nn.Module, weights: str, key: str) -> None:
+    """A new run's start (not a resume): ``weights`` (the setting ``key``; an ImageNet backbone,
+    a plain student checkpoint or a Distiller checkpoint) into the Distiller's student only."""
+    if weights:
+        StudentCheckpointer(distiller.student).load(weights)
+    else:
+        logger.info(f"{key} is empty: the student starts from its random init.")
 
 
 class Trainer(DistillationMixin, DefaultTrainer):
