@@ -28,10 +28,10 @@ def test_the_configs_are_found():
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-def test_config_loads_and_builds(path, monkeypatch):
-    monkeypatch.chdir(REPO)  # configs name their teachers relative to the repository root
+def test_config_loads_and_builds(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # configs name their teachers' configs by d2dist:// or model_zoo:
     cfg = get_cfg()
-    cfg.merge_from_file(path)
+    cfg.merge_from_file(os.path.join(REPO, path))
     cfg.MODEL.DEVICE = "cpu"
     if cfg.MODEL.META_ARCHITECTURE != "Distiller":
         _build_solver(cfg, build_model(cfg))
@@ -75,13 +75,13 @@ def test_the_lazy_configs_are_found():
 
 
 @pytest.mark.parametrize("path", LAZY_CONFIGS)
-def test_lazy_config_loads_and_builds(path, monkeypatch):
+def test_lazy_config_loads_and_builds(path, monkeypatch, tmp_path):
     from detectron2.config import LazyConfig, instantiate
 
     from d2dist.modeling import Distiller
 
-    monkeypatch.chdir(REPO)
-    cfg = LazyConfig.load(path)
+    monkeypatch.chdir(tmp_path)  # they name their teachers' config files relative to themselves
+    cfg = LazyConfig.load(os.path.join(REPO, path))
     assert {"model", "dataloader", "optimizer", "lr_multiplier", "train"} <= set(cfg)
     model = instantiate(cfg.model)
     if isinstance(model, Distiller):  # built without reading the teacher's weights

@@ -2,15 +2,13 @@
 no d2dist keys, no device, no absolute path) and predicts as the distillation run's student."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
+from _plain import assert_same_predictions, plain_predictions, run_predictions
 from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
 from _tools import load_tool
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from d2dist.config import get_cfg
@@ -19,31 +17,6 @@ from d2dist.engine import argument_parser
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")
 DISTILL_CFG = os.path.join(SHAPES, "kd_faster_rcnn_R18_from_R50_FPN_1x.yaml")
-
-# Loads the exported student with d2dist unimportable and prints its predictions on fixed images.
-PLAIN = """
-import sys
-sys.modules["d2dist"] = None  # `import d2dist` now fails
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
-try:
-    import d2dist  # noqa: F401
-    raise SystemExit("d2dist is importable")
-except ImportError:
-    pass
-cfg = get_cfg()
-cfg.merge_from_file(sys.argv[1])  # no set_new_allowed
-cfg.MODEL.DEVICE = "cpu"
-model = build_model(cfg).eval()
-DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-torch.manual_seed(0)
-batch = [{"image": torch.rand(3, 64, 64) * 255, "height": 64, "width": 64} for _ in range(2)]
-with torch.no_grad():
-    out = model(batch)
-torch.save([o["instances"].get_fields() for o in out], sys.argv[2])
-"""
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +58,8 @@ def test_the_exported_config_is_plain_detectron2(run, tmp_path, monkeypatch):
 def test_the_exported_student_predicts_as_the_run_without_d2dist(run, tmp_path):
     assert load_tool("export_student").main(["--run-dir", run, "--output",
                                              str(tmp_path / "s.pth")]) == 0  # fmt: skip
-    script = tmp_path / "plain.py"
-    script.write_text(PLAIN)
-    got = str(tmp_path / "plain.pt")
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "s.yaml"), got],
-                          cwd=os.getcwd(), capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    # The same images through the distillation run's own model (a Distiller, in eval mode).
-    cfg = get_cfg()
-    cfg.merge_from_file(os.path.join(run, "config.yaml"))
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(os.path.join(run, "model_final.pth"))
-    torch.manual_seed(0)
-    batch = [{"image": torch.rand(3, 64, 64) * 255, "height": 64, "width": 64} for _ in range(2)]
-    with torch.no_grad():
-        expected = [o["instances"].get_fields() for o in model(batch)]
-    plain = torch.load(got, weights_only=False)
-    for a, b in zip(plain, expected):
-        assert a["pred_classes"].tolist() == b["pred_classes"].tolist()
-        torch.testing.assert_close(a["scores"], b["scores"])
-        torch.testing.assert_close(a["pred_boxes"].tensor, b["pred_boxes"].tensor)
+    plain = plain_predictions(str(tmp_path / "s.yaml"), tmp_path)
+    assert_same_predictions(plain, run_predictions(run))
 
 
 def test_export_refuses_to_overwrite_its_input_or_write_into_a_directory(run, capsys):

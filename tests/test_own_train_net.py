@@ -73,7 +73,7 @@ def _iterations(out):
 
 
 @pytest.mark.parametrize("label", sorted(SCRIPTS))
-def test_a_user_train_net_with_the_three_lines(label, tmp_path):
+def test_a_user_train_net_with_the_three_lines(label, tmp_path, monkeypatch):
     script = _patched(label, tmp_path)
     if "PointRend" in label:
         student = str(tmp_path / "point_rend.yaml")
@@ -127,6 +127,24 @@ def test_a_user_train_net_with_the_three_lines(label, tmp_path):
         assert all("loss_distill_kd" in json.loads(line) for line in f if "total_loss" in line)
     with open(os.path.join(out, "log.txt")) as f:
         assert "d2dist.modeling.teacher INFO: Teacher:" in f.read()  # d2dist's messages
+
+    # --eval-teacher in the user's script: the mixin's evaluate_teacher, scored by the script's
+    # own build_evaluator.
+    seen = []
+    own = script.Trainer.build_evaluator.__func__
+
+    def spy(cls, cfg, dataset_name, output_folder=None):
+        seen.append((cfg.OUTPUT_DIR, dataset_name))
+        return own(cls, cfg, dataset_name, output_folder)
+
+    monkeypatch.setattr(script.Trainer, "build_evaluator", classmethod(spy))
+    teval = str(tmp_path / "teval")
+    cfg = script.setup(default_argument_parser().parse_args(
+        ["--config-file", student, *SHAPES_TINY_DATA, *distill, "OUTPUT_DIR", teval]))  # fmt: skip
+    assert "bbox" in script.Trainer.evaluate_teacher(cfg)
+    assert seen == [(os.path.join(teval, "teacher_eval"), "d2dist_shapes_tiny_val")]
+    with open(os.path.join(teval, "teacher_eval", "results.json")) as f:
+        assert "bbox" in json.load(f)
 
     # --resume continues the distillation run; --eval-only evaluates its checkpoint.
     _run(script, student, out, *distill, "SOLVER.MAX_ITER", "3", flags=["--resume"])

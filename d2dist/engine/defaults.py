@@ -260,7 +260,7 @@ def _check_distiller_for_eval_teacher(cfg: CfgNode) -> None:
         )
 
 
-def evaluate_teacher(cfg: CfgNode, teacher=None) -> dict:
+def evaluate_teacher(cfg: CfgNode, teacher=None, trainer=None) -> dict:
     """Evaluate the teacher of a Distiller config on ``cfg.DATASETS.TEST``.
 
     Args:
@@ -268,6 +268,9 @@ def evaluate_teacher(cfg: CfgNode, teacher=None) -> dict:
         teacher: its :class:`~d2dist.modeling.Teacher` when one is built already (the trainer's:
             it is not built twice); else it is built from ``cfg``. Its weights are loaded (once,
             strictly) if they are not yet.
+        trainer: the trainer class whose ``test`` (and so ``build_evaluator``) scores it; default
+            d2dist's :class:`Trainer` (a project's own: ``Trainer.evaluate_teacher(cfg)`` of
+            :class:`DistillationMixin`).
 
     The teacher runs with its own input settings (format, test sizes) and is scored by the
     evaluator of each test dataset. Results are logged and written to
@@ -288,7 +291,7 @@ def evaluate_teacher(cfg: CfgNode, teacher=None) -> dict:
     if comm.is_main_process():
         os.makedirs(tcfg.OUTPUT_DIR, exist_ok=True)
     logger.info("Evaluating the teacher (%s) on %s", teacher.weights, list(cfg.DATASETS.TEST))
-    results = Trainer.test(tcfg, teacher.model)
+    results = (trainer or Trainer).test(tcfg, teacher.model)
     if comm.is_main_process():  # the evaluators return the results on the main process only
         with open(os.path.join(tcfg.OUTPUT_DIR, "results.json"), "w") as f:
             json.dump(results, f, indent=2)

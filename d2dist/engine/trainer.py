@@ -151,6 +151,15 @@ class DistillationMixin:
                 model.find_unused_parameters,
             )
 
+    @classmethod
+    def evaluate_teacher(cls, cfg, teacher=None) -> dict:
+        """``--eval-teacher`` in a project's own script: evaluate the teacher of the Distiller
+        config ``cfg`` on ``cfg.DATASETS.TEST`` with this trainer's ``test`` (its own
+        ``build_evaluator``), before training. See :func:`d2dist.engine.evaluate_teacher`."""
+        from .defaults import evaluate_teacher
+
+        return evaluate_teacher(cfg, teacher, trainer=cls)
+
     def resume_or_load(self, resume=True):
         from ..modeling import Distiller
         from .defaults import check_output_dir

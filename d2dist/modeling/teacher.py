@@ -20,6 +20,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..config import ConfigError
+from ..file_io import local_path
 
 __all__ = [
     "Teacher",
@@ -76,13 +77,28 @@ def _teacher_config_path(cfg: CfgNode) -> str:
             return model_zoo.get_config_file(path[len("model_zoo:") :])
         except RuntimeError as e:
             raise ConfigError(f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r}: {e}") from e
+    path = _local(path, "MODEL.DISTILL.TEACHER.CONFIG_FILE")
     if not os.path.isfile(path):
         raise ConfigError(
-            f"MODEL.DISTILL.TEACHER.CONFIG_FILE={path!r} does not exist (working directory "
-            f"{os.getcwd()}). Give a path to the teacher's config file, or 'model_zoo:<path>' "
-            "for a config of Detectron2's model zoo."
+            f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r}"
+            f"{_resolved(path, tcfg.CONFIG_FILE)} does not exist (working directory "
+            f"{os.getcwd()}). Give a path to the teacher's config file (relative to the "
+            "working directory), 'd2dist://<path>' for a file of the d2dist checkout, or "
+            "'model_zoo:<path>' for a config of Detectron2's model zoo."
         )
     return path
+
+
+def _resolved(path: str, given: str) -> str:
+    return f" (the file {path})" if path != given else ""
+
+
+def _local(path: str, key: str) -> str:
+    """A ``d2dist://`` path as the file of the checkout it names (see :mod:`d2dist.file_io`)."""
+    try:
+        return local_path(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{key}: {e}") from e
 
 
 def is_lazy_config(path: str) -> bool:
@@ -288,11 +304,13 @@ class Teacher:
         is a :class:`ConfigError` listing them); a teacher already loaded is left as it is."""
         if self.loaded:
             return self
-        weights = self.weights
+        weights = _local(self.weights, "MODEL.DISTILL.TEACHER.WEIGHTS")
         if "://" not in weights and not os.path.isfile(weights):
             raise ConfigError(
-                f"MODEL.DISTILL.TEACHER.WEIGHTS={weights!r} does not exist (working directory "
-                f"{os.getcwd()})."
+                f"MODEL.DISTILL.TEACHER.WEIGHTS={self.weights!r}{_resolved(weights, self.weights)} "
+                f"does not exist (working directory {os.getcwd()}). Train the teacher first, or give its checkpoint: a "
+                "path relative to the working directory, 'd2dist://<path>' in the d2dist "
+                "checkout, or a URL such as detectron2://..."
             )
         checkpointer = _StrictCheckpointer(
             self.model, key="MODEL.DISTILL.TEACHER.WEIGHTS", source=self.source

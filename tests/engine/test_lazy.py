@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from _plain import assert_same_predictions, plain_predictions, run_predictions
 from _tiny import SHAPES_STUDENT_TINY, SHAPES_TINY_DATA
 from _tools import load_tool
 from detectron2.config import LazyConfig, instantiate
@@ -128,6 +129,12 @@ def test_a_yacs_student_distils_from_a_lazy_teacher(vit_teacher, tmp_path):
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
     assert "Teacher: GeneralizedRCNN from LazyConfig" in log
+
+    # Its exported student is plain Detectron2: loaded where d2dist cannot be imported, it
+    # predicts (boxes and masks) as the distillation run's student.
+    assert load_tool("export_student").main(["--run-dir", out]) == 0
+    plain = plain_predictions(os.path.join(out, "student.yaml"), tmp_path)
+    assert_same_predictions(plain, run_predictions(out))
 
 
 def test_a_killed_lazy_run_resumes(vit_teacher, tmp_path):

@@ -1,0 +1,98 @@
+"""d2dist:// paths name files of the checkout from any working directory: the shipped Shapes
+distillation configs name their teacher (config and the checkpoint `make demo` writes) that way,
+so they run from outside the repository root, with d2dist's tools and plain Detectron2 alike."""
+
+import json
+import os
+
+import pytest
+import torch
+from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
+from _tools import load_tool
+from detectron2.config import get_cfg as d2_get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
+
+from d2dist import file_io
+from d2dist.config import ConfigError, get_cfg
+from d2dist.engine import argument_parser
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")
+TEACHER_CFG = "d2dist://configs/Shapes-Detection/faster_rcnn_R50_FPN_3x.yaml"
+DEMO_TEACHER = "d2dist://output/study/teacher/model_final.pth"
+
+
+def test_d2dist_paths_name_files_of_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert file_io.CHECKOUT == REPO
+    local = os.path.join(SHAPES, "faster_rcnn_R50_FPN_3x.yaml")
+    assert file_io.local_path(TEACHER_CFG) == local
+    assert file_io.local_path(DEMO_TEACHER) == os.path.join(
+        REPO, "output", "study", "teacher", "model_final.pth"
+    )
+    assert file_io.local_path("relative/path.pth") == "relative/path.pth"  # unchanged
+    assert PathManager.isfile(TEACHER_CFG) and PathManager.isdir("d2dist://configs")
+    assert not PathManager.exists("d2dist://configs/nothing.yaml")
+    assert "Shapes-Detection" in PathManager.ls("d2dist://configs")
+    with PathManager.open(TEACHER_CFG) as f, open(local) as g:
+        assert f.read() == g.read()
+    assert PathManager.get_local_path(TEACHER_CFG) == local
+
+
+def test_an_installed_copy_without_a_checkout_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(file_io, "CHECKOUT", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="installed at .* without one"):
+        file_io.local_path(TEACHER_CFG)
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(SHAPES, "kd_faster_rcnn_R18_from_R50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    with pytest.raises(ConfigError, match="TEACHER.CONFIG_FILE: 'd2dist://.*without one"):
+        build_model(cfg)
+
+
+def test_the_shipped_configs_name_the_demo_teacher():
+    for name in sorted(os.listdir(SHAPES)):
+        if "_from_R50_" not in name:
+            continue
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(SHAPES, name))
+        assert cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE == TEACHER_CFG, name
+        assert cfg.MODEL.DISTILL.TEACHER.WEIGHTS == DEMO_TEACHER, name
+
+
+def test_a_shipped_config_runs_from_outside_the_repository(tmp_path, monkeypatch):
+    """kd_...yaml from another working directory: the teacher config through d2dist://, and its
+    weights through d2dist:// too (a checkpoint this test writes, named relative to the checkout)."""
+    monkeypatch.chdir(tmp_path)
+    teacher = d2_get_cfg()
+    teacher.merge_from_file(os.path.join(SHAPES, "faster_rcnn_R50_FPN_3x.yaml"))
+    teacher.merge_from_list(SHAPES_TINY_DATA[:2] + SHAPES_TEACHER_TINY)
+    torch.manual_seed(0)
+    model = build_model(teacher)
+    weights = tmp_path / "teacher.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    via_checkout = "d2dist://" + os.path.relpath(weights, REPO)
+    out = str(tmp_path / "run")
+    argv = ["--config-file", os.path.join(SHAPES, "kd_faster_rcnn_R18_from_R50_FPN_1x.yaml"),
+            *SHAPES_TINY_DATA, *SHAPES_STUDENT_TINY, "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()",
+            "MODEL.DISTILL.TEACHER.WEIGHTS", via_checkout,
+            "MODEL.DISTILL.TEACHER.OPTS", str(SHAPES_TINY_DATA[:2] + SHAPES_TEACHER_TINY),
+            "OUTPUT_DIR", out]  # fmt: skip
+    results = load_tool("train_net").main(argument_parser().parse_args(argv))
+    assert "bbox" in results
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert any("loss_distill_kd" in json.loads(line) for line in f)
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert f"Teacher: GeneralizedRCNN from GeneralizedRCNN config {TEACHER_CFG}" in log
+    assert f"weights {weights} " in log  # the checkpoint d2dist:// named
+
+    # The demo teacher's path, when `make demo` has not run: the message names the file.
+    missing = os.path.join(REPO, "output", "study", "teacher", "model_final.pth")
+    if not os.path.exists(missing):
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(SHAPES, "kd_faster_rcnn_R18_from_R50_FPN_1x.yaml"))
+        cfg.MODEL.DEVICE = "cpu"
+        with pytest.raises(ConfigError, match=f"the file {missing}\\) does not exist"):
+            build_model(cfg).load_teacher()
