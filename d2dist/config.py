@@ -146,6 +146,10 @@ def add_distill_config(cfg: CN) -> None:
     # STOP_ITER (-1: never).
     d.ACCLIMATION = CN()
     d.ACCLIMATION.ENABLED = False
+    # "output": the maps above (DIST: a temperature; DIST_FEATURE: per-channel affine);
+    # "head": the teacher's classification layer made trainable (a copy initialised from the
+    # teacher), anchored by LAMBDA * KL(teacher || acclimated) (DIST only). Both reconstructions.
+    d.ACCLIMATION.MODE = "output"
     d.ACCLIMATION.LAMBDA = 1.0
     d.ACCLIMATION.START_ITER = 0
     d.ACCLIMATION.STOP_ITER = -1
@@ -170,6 +174,52 @@ def add_distill_config(cfg: CN) -> None:
     d.CWD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
     d.CWD.ADAPTER = "auto"
     d.CWD.ADAPTER_NORM = ""
+
+    # MGD (Yang et al., ECCV 2022): masked generative distillation on FPN levels. WEIGHT is the
+    # paper's alpha (the loss is a sum over channels and positions): the authors' COCO configs
+    # use 5e-7, LAMBDA 0.45 on p2-p5 for two-stage detectors (the defaults here) and 2e-5, 0.65
+    # on p3-p7 for one-stage ones.
+    d.MGD = CN()
+    d.MGD.WEIGHT = 5e-7
+    d.MGD.LAMBDA = 0.45  # the fraction of masked positions
+    d.MGD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    d.MGD.ADAPTER = "auto"  # a 1x1 conv (with bias) when the widths differ, as the authors'
+    d.MGD.ADAPTER_NORM = ""
+
+    # FGD (Yang et al., CVPR 2022): focal (foreground / background, teacher attention), attention
+    # and global (context-block) losses on FPN levels of detectors. Defaults: the authors' Faster
+    # R-CNN settings; RetinaNet: TAU 0.5, ALPHA 1e-3, BETA 5e-4, GAMMA 5e-4, LAMBDA 5e-6 on p3-p7;
+    # FCOS: 0.8, 1.6e-3, 8e-4, 8e-4, 8e-6.
+    d.FGD = CN()
+    d.FGD.WEIGHT = 1.0
+    d.FGD.TAU = 0.5
+    d.FGD.ALPHA = 5e-5  # foreground
+    d.FGD.BETA = 2.5e-5  # background
+    d.FGD.GAMMA = 5e-5  # attention
+    d.FGD.LAMBDA = 5e-7  # global relation
+    d.FGD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    d.FGD.ADAPTER = "auto"
+    d.FGD.ADAPTER_NORM = ""
+    # How boxes are mapped onto a level: "stride" (x / stride, the padded grid) or "image" (as
+    # the authors' code: x / unpadded image width * map width, which stretches padded images).
+    d.FGD.MASK_MODE = "stride"
+
+    # CrossKD (Wang et al., CVPR 2024) for RetinaNet / FCOS students: the student's head features
+    # after its DEPTH-th conv (0: the FPN level) run through the teacher's remaining head.
+    # Defaults: the authors' RetinaNet settings; FCOS: DEPTH 2, CLS_WEIGHT 0.4, REG_WEIGHT 0.75.
+    d.CROSSKD = CN()
+    d.CROSSKD.WEIGHT = 1.0
+    d.CROSSKD.DEPTH = 3
+    d.CROSSKD.CLS_WEIGHT = 1.0
+    d.CROSSKD.REG_WEIGHT = 1.0
+    d.CROSSKD.BETA = 1.0  # the exponent of the quality-focal KD
+
+    # Initialise the student's parameters whose names start with one of these prefixes from the
+    # teacher's parameters of the same name and shape (e.g. ["backbone.fpn_", "backbone.top_block",
+    # "head"]: a one-stage student's neck and head), at the start of a run (not when resuming),
+    # after MODEL.WEIGHTS. The authors of MGD, FGD and CrossKD do this in their one-stage COCO
+    # configs ("inheriting"), and their reported gains include it. Empty: off.
+    d.INHERIT = []
 
     defaults = cfg.clone()
     defaults.__dict__.pop(_DEFAULTS, None)

@@ -324,3 +324,25 @@ def test_instant_distillation_run_on_the_real_layouts(
         train = [json.loads(line) for line in f if "total_loss" in line]
     assert train and all(any(k.startswith("loss_distill_") for k in r) for r in train)
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_semantic_training_images_have_the_crop_size(distilled, real_datasets):
+    """Semantic segmentation with INPUT.CROP trains on the DeepLab project's pipeline: resized
+    (multi-scale), then cropped, so every image has the crop's size (a DeepLab head's ASPP pools
+    with a kernel fixed for it); Detectron2's default mapper would crop first and resize after."""
+    from d2dist.config import get_cfg
+    from d2dist.engine import Trainer
+
+    cfg = get_cfg()
+    name = "dist_deeplab_v3_R18_from_R103_OS16_90k" if distilled else "deeplab_v3_R18_OS16_poly_90k"
+    cfg.merge_from_file(os.path.join(REPO, "configs", "Cityscapes", f"{name}.yaml"))
+    cfg.merge_from_list(["DATASETS.TRAIN", "('cityscapes_fine_sem_seg_val',)",
+                         "INPUT.MIN_SIZE_TRAIN", "(64, 96, 128)", "INPUT.MAX_SIZE_TRAIN", "512",
+                         "INPUT.CROP.SIZE", "(64, 128)", "SOLVER.IMS_PER_BATCH", "2",
+                         "DATALOADER.NUM_WORKERS", "0"])  # fmt: skip
+    loader = iter(Trainer.build_train_loader(cfg))
+    for _ in range(3):
+        for x in next(loader):
+            assert tuple(x["image"].shape[-2:]) == (64, 128)
+            assert tuple(x["sem_seg"].shape) == (64, 128)

@@ -39,7 +39,7 @@ from torch import nn
 from ..config import ConfigError
 from ..modeling.targets import Targets
 from .subnormals import subnormals_flushed
-from .trainer import StudentCheckpointer, Trainer, explained_load
+from .trainer import StudentCheckpointer, Trainer, explained_load, initialise_student
 
 __all__ = [
     "PHASES",
@@ -136,22 +136,6 @@ class BenchmarkResult:
         }
 
 
-def _leaf(pair):
-    s, t = pair
-    return s.detach().requires_grad_(True), t
-
-
-def _leaf_targets(targets: Targets) -> Targets:
-    """The targets with each student tensor replaced by a detached leaf that requires grad."""
-    return Targets(
-        features={k: _leaf(v) for k, v in targets.features.items()},
-        roi=_leaf(targets.roi) if targets.roi is not None else None,
-        dense={k: _leaf(v) for k, v in targets.dense.items()},
-        pixel=_leaf(targets.pixel) if targets.pixel is not None else None,
-        batched_inputs=targets.batched_inputs,
-    )
-
-
 @torch.no_grad()
 def calibrate_norms(student: nn.Module, teacher, batch, input_format: str) -> None:
     """Set the running statistics of every BatchNorm / FrozenBatchNorm of both backbones to the
@@ -216,10 +200,8 @@ def benchmark(
     model = Trainer.build_model(cfg)
     if not random_weights:  # as the trainer initialises a run
         model.load_teacher()
-        if cfg.MODEL.WEIGHTS:
-            checkpointer = StudentCheckpointer(model.student)
-            with explained_load(checkpointer, cfg.MODEL.WEIGHTS, False):
-                checkpointer.load(cfg.MODEL.WEIGHTS)
+        with explained_load(StudentCheckpointer(model.student), cfg.MODEL.WEIGHTS, False):
+            initialise_student(model, cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
     model.train()
     device = model.device
     full_opt = build_optimizer(cfg, model)
@@ -269,9 +251,9 @@ def benchmark(
     def method_step(targets: Targets, measure: bool):
         for term in model.terms:
             start = time.perf_counter()
-            value, _, *extra = term(targets)
-            loss = value * term.weight
-            for extra_value in (extra[0] if extra else {}).values():
+            out = term(targets)
+            loss = out.loss * term.weight
+            for extra_value in out.extra.values():
                 loss = loss + extra_value * term.weight
             loss.backward()
             sync()
@@ -292,7 +274,7 @@ def benchmark(
             with torch.no_grad(), extractor.student_recorder() as recorder:
                 model.student(batch)
             t_out = timed("teacher_forward", measure, extractor.teacher_forward, batch, recorder)
-            targets = _leaf_targets(extractor.pair(batch, recorder, t_out))
+            targets = extractor.leaf(extractor.pair(batch, recorder, t_out))
             timed("method_step", measure, method_step, targets, measure)
             del targets, t_out, recorder  # free them before the full step
             timed("distill_step", measure, train_step, model, full_opt, batch)

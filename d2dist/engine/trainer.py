@@ -5,7 +5,9 @@ import logging
 import os
 import weakref
 
+import detectron2.data.transforms as T
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.projects.deeplab.build_solver import (
@@ -178,11 +180,14 @@ class DistillationMixin:
 
 def initialise_student(distiller: nn.Module, weights: str, key: str) -> None:
     """A new run's start (not a resume): ``weights`` (the setting ``key``; an ImageNet backbone,
-    a plain student checkpoint or a Distiller checkpoint) into the Distiller's student only."""
+    a plain student checkpoint or a Distiller checkpoint) into the Distiller's student only,
+    then the parameters the Distiller inherits from its (loaded) teacher
+    (``MODEL.DISTILL.INHERIT``)."""
     if weights:
         StudentCheckpointer(distiller.student).load(weights)
     else:
         logger.info(f"{key} is empty: the student starts from its random init.")
+    distiller.inherit_from_teacher()
 
 
 class Trainer(DistillationMixin, DefaultTrainer):
@@ -206,8 +211,13 @@ class Trainer(DistillationMixin, DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """Detectron2's loader; for semantic segmentation with ``INPUT.CROP``, with the DeepLab
+        project's augmentations (:func:`sem_seg_train_augmentations`) as its train_net uses."""
+        mapper = None
+        if cfg.INPUT.CROP.ENABLED and _student_meta_architecture(cfg) == "SemanticSegmentor":
+            mapper = DatasetMapper(cfg, is_train=True, augmentations=sem_seg_train_augmentations(cfg))
         try:
-            return super().build_train_loader(cfg)
+            return build_detection_train_loader(cfg, mapper=mapper)
         except AssertionError as e:  # Detectron2 asserts on empty datasets, with no key named
             if "is empty" not in str(e) and "No valid data" not in str(e):
                 raise
@@ -218,6 +228,33 @@ class Trainer(DistillationMixin, DefaultTrainer):
                 "annotations). Check the dataset's files (datasets/README.md) and its "
                 "registration, or name another dataset."
             ) from e
+
+
+def _student_meta_architecture(cfg) -> str:
+    if cfg.MODEL.META_ARCHITECTURE == "Distiller":
+        return cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    return cfg.MODEL.META_ARCHITECTURE
+
+
+def sem_seg_train_augmentations(cfg):
+    """The training augmentations of Detectron2's DeepLab project (its train_net's
+    ``build_sem_seg_train_aug``): resize the shortest edge (``INPUT.MIN_SIZE_TRAIN``, multi-scale),
+    *then* crop to ``INPUT.CROP.SIZE`` (avoiding crops of mostly one category), then flip. So every
+    training image has the crop's size, which a DeepLab head's fixed ASPP pooling kernel needs
+    (Detectron2's default mapper crops before resizing, which gives images of other sizes)."""
+    augs = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        ),
+        T.RandomCrop_CategoryAreaConstraint(
+            cfg.INPUT.CROP.TYPE,
+            cfg.INPUT.CROP.SIZE,
+            cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+            cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        ),
+        T.RandomFlip(),
+    ]
+    return augs
 
 
 @contextlib.contextmanager

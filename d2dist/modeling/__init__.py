@@ -1,30 +1,41 @@
-"""d2dist's models: the Distiller and its parts (teacher, recorder, targets, adapters, losses)."""
+"""d2dist's models: the Distiller and its parts (teacher, recorder, target kinds, terms, helper
+modules, acclimation)."""
 
 from . import backbone, meta_arch  # noqa: F401  registers Distiller, FCOS, a dilated ResNet-18/34
-from .adapters import ADAPTER_REGISTRY, build_adapter
+from .adapters import ADAPTER_REGISTRY, DISTILL_MODULE_REGISTRY, build_adapter, build_distill_module
 from .lazy import TermSpec, teacher_from_file, yacs_model
-from .losses import DISTILL_LOSS_REGISTRY, DistillTerm, build_distill_terms
 from .meta_arch import Distiller
 from .recorder import Recorder
-from .targets import TargetExtractor, TargetRequest, Targets
+from .targets import TARGET_KIND_REGISTRY, TargetExtractor, TargetKind, TargetRequest, Targets
 from .teacher import Teacher, TeacherNotLoadedError, build_teacher, load_teacher_config
+from .terms import DISTILL_TERM_REGISTRY, DistillTerm, TermOutput, build_distill_terms, register_term
+
+# The term registry's earlier name.
+DISTILL_LOSS_REGISTRY = DISTILL_TERM_REGISTRY
 
 __all__ = [
     "ADAPTER_REGISTRY",
     "DISTILL_LOSS_REGISTRY",
+    "DISTILL_MODULE_REGISTRY",
+    "DISTILL_TERM_REGISTRY",
     "DistillTerm",
     "Distiller",
     "Recorder",
+    "TARGET_KIND_REGISTRY",
     "TargetExtractor",
+    "TargetKind",
     "TargetRequest",
     "Targets",
     "Teacher",
     "TeacherNotLoadedError",
+    "TermOutput",
     "TermSpec",
     "build_adapter",
+    "build_distill_module",
     "build_distill_terms",
     "build_teacher",
     "load_teacher_config",
+    "register_term",
     "teacher_from_file",
     "yacs_model",
 ]

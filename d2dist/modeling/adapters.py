@@ -1,7 +1,9 @@
-"""Adapters: map a student tensor to the teacher's shape before a loss compares them.
+"""Trainable helper modules of the distillation terms, in one registry: adapters that map a
+student tensor to the teacher's shape (identity, 1x1 conv + norm), ReviewKD's ABF blocks and chain,
+MGD's generator, FGD's context blocks, and any a user registers.
 
-Each adapter is built from the two networks' ``ShapeSpec`` (channels, stride) of one feature,
-never from a dummy forward pass.
+Each is built from keyword arguments (:func:`build_distill_module`); adapters from the two
+networks' ``ShapeSpec`` (channels, stride) of one feature, never from a dummy forward pass.
 """
 
 import torch
@@ -16,18 +18,24 @@ __all__ = [
     "ABF",
     "ADAPTER_REGISTRY",
     "Conv1x1Adapter",
+    "DISTILL_MODULE_REGISTRY",
     "IdentityAdapter",
     "ReviewKDAdapter",
     "build_adapter",
+    "build_distill_module",
 ]
 
-ADAPTER_REGISTRY = Registry("DISTILL_ADAPTER")
-ADAPTER_REGISTRY.__doc__ = """
-Adapters from a student feature to its teacher counterpart. A registered class is called as
-``cls(student_shape: ShapeSpec, teacher_shape: ShapeSpec, norm: str, key: str)`` (``key`` names
-the feature in messages) and returns an ``nn.Module`` mapping a student tensor (N, Cs, H, W) to
-(N, Ct, H, W). It must raise ``ConfigError`` at construction for shapes it cannot map.
+DISTILL_MODULE_REGISTRY = Registry("DISTILL_MODULE")
+DISTILL_MODULE_REGISTRY.__doc__ = """
+The distillation terms' trainable helper modules, by class name. A registered class (or function)
+is called with keyword arguments only, ``cls(**kwargs)``, and returns an ``nn.Module``; it raises
+``ConfigError`` at construction for arguments it cannot work with. Adapters (named in a term's
+``ADAPTER``) take ``student_shape``, ``teacher_shape`` (``ShapeSpec``), ``norm`` (Detectron2's
+``get_norm`` names, "" for none) and ``key`` (the feature's name, for messages), and map a student
+tensor (N, Cs, H, W) to (N, Ct, H, W).
 """
+# The registry's earlier name: adapters are the helper modules the terms started with.
+ADAPTER_REGISTRY = DISTILL_MODULE_REGISTRY
 
 
 def _check_stride(student: ShapeSpec, teacher: ShapeSpec, key: str) -> None:
@@ -39,11 +47,13 @@ def _check_stride(student: ShapeSpec, teacher: ShapeSpec, key: str) -> None:
         )
 
 
-@ADAPTER_REGISTRY.register()
+@DISTILL_MODULE_REGISTRY.register()
 class IdentityAdapter(nn.Identity):
     """No adapter: the student's feature already has the teacher's shape (checked at build)."""
 
-    def __init__(self, student_shape: ShapeSpec, teacher_shape: ShapeSpec, norm: str, key: str):
+    def __init__(
+        self, student_shape: ShapeSpec, teacher_shape: ShapeSpec, norm: str = "", key: str = "?"
+    ):
         super().__init__()
         _check_stride(student_shape, teacher_shape, key)
         if student_shape.channels != teacher_shape.channels:
@@ -59,11 +69,13 @@ class IdentityAdapter(nn.Identity):
             )
 
 
-@ADAPTER_REGISTRY.register()
+@DISTILL_MODULE_REGISTRY.register()
 class Conv1x1Adapter(nn.Sequential):
     """1x1 convolution from student to teacher channels, optionally followed by a norm layer."""
 
-    def __init__(self, student_shape: ShapeSpec, teacher_shape: ShapeSpec, norm: str, key: str):
+    def __init__(
+        self, student_shape: ShapeSpec, teacher_shape: ShapeSpec, norm: str = "", key: str = "?"
+    ):
         _check_stride(student_shape, teacher_shape, key)
         conv = Conv2d(student_shape.channels, teacher_shape.channels, 1, bias=not norm)
         nn.init.kaiming_uniform_(conv.weight, a=1)
@@ -75,6 +87,18 @@ class Conv1x1Adapter(nn.Sequential):
         super().__init__(*layers)
 
 
+def build_distill_module(name: str, **kwargs) -> nn.Module:
+    """Build the registered helper module ``name`` from keyword arguments."""
+    if name not in DISTILL_MODULE_REGISTRY:
+        raise ConfigError(
+            f"unknown distillation module {name!r}; registered: "
+            f"{sorted(n for n, _ in DISTILL_MODULE_REGISTRY)}"
+        )
+    module = DISTILL_MODULE_REGISTRY.get(name)(**kwargs)
+    assert isinstance(module, nn.Module), f"{name} built a {type(module)}, not an nn.Module"
+    return module
+
+
 def build_adapter(
     name: str, student_shape: ShapeSpec, teacher_shape: ShapeSpec, norm: str = "", key: str = "?"
 ) -> nn.Module:
@@ -82,16 +106,17 @@ def build_adapter(
     if name == "auto":
         same = student_shape.channels == teacher_shape.channels
         name = "IdentityAdapter" if same and not norm else "Conv1x1Adapter"
-    if name not in ADAPTER_REGISTRY:
+    if name not in DISTILL_MODULE_REGISTRY:
         raise ConfigError(
             f"unknown adapter {name!r} for feature {key!r}; registered adapters: "
-            f"{sorted(n for n, _ in ADAPTER_REGISTRY)} (or 'auto')"
+            f"{sorted(n for n, _ in DISTILL_MODULE_REGISTRY)} (or 'auto')"
         )
-    adapter = ADAPTER_REGISTRY.get(name)(student_shape, teacher_shape, norm, key)
-    assert isinstance(adapter, nn.Module), f"adapter {name} returned {type(adapter)}"
-    return adapter
+    return build_distill_module(
+        name, student_shape=student_shape, teacher_shape=teacher_shape, norm=norm, key=key
+    )
 
 
+@DISTILL_MODULE_REGISTRY.register()
 class ABF(nn.Module):
     """One attention-based fusion block of ReviewKD (Chen et al., CVPR 2021).
 
@@ -127,6 +152,7 @@ class ABF(nn.Module):
         return self.conv2(x), x
 
 
+@DISTILL_MODULE_REGISTRY.register()
 class ReviewKDAdapter(nn.Module):
     """The ABF chain of ReviewKD over any set of levels, fused from the deepest to the shallowest.
 

@@ -82,15 +82,15 @@ class TermSpec:
 
     def build(self, student: nn.Module, teacher: nn.Module):
         """The term for these two models (widths from their ``output_shape()``)."""
-        from .losses import DISTILL_LOSS_REGISTRY
+        from .terms import DISTILL_TERM_REGISTRY
 
-        registered = sorted(n for n, _ in DISTILL_LOSS_REGISTRY)
+        registered = sorted(n for n, _ in DISTILL_TERM_REGISTRY)
         if self.name not in registered:
             raise ConfigError(
                 f"TermSpec(name={self.name!r}): not a registered distillation term; registered: "
                 f"{registered}"
             )
-        cls = DISTILL_LOSS_REGISTRY.get(self.name)
+        cls = DISTILL_TERM_REGISTRY.get(self.name)
         cfg = get_cfg()
         head = getattr(student, "sem_seg_head", None)
         if head is not None and hasattr(head, "ignore_value"):

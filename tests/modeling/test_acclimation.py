@@ -169,3 +169,97 @@ def test_shift_alone_does_not_change_the_raw_feature_loss(teacher):
 def test_acclimation_configuration_errors(teacher, change, message):
     with pytest.raises(ConfigError, match=message):
         _model(teacher, **change)
+
+
+# ---- the second reconstruction: head acclimation (MODE head) --------------------------------
+def _head_model(tmp_path, arch, **dist):
+    teacher = write_teacher(str(tmp_path), arch)
+    cfg = distill_cfg(arch, *teacher, losses=("DIST",))
+    for key, value in dist.items():
+        cfg.MODEL.DISTILL.DIST[key] = value
+    cfg.MODEL.DISTILL.ACCLIMATION.ENABLED = True
+    cfg.MODEL.DISTILL.ACCLIMATION.MODE = "head"
+    torch.manual_seed(0)
+    head = build_distiller(cfg)
+    cfg.MODEL.DISTILL.ACCLIMATION.ENABLED = False
+    torch.manual_seed(0)
+    return head, build_distiller(cfg)
+
+
+def _step(model, arch, iteration=0):
+    torch.manual_seed(0)
+    model.train()
+    with EventStorage(iteration):
+        return model(inputs(arch))
+
+
+HEAD_CASES = [("faster_rcnn", {}), ("cascade_rcnn", {}), ("retinanet", {}),
+              ("semantic_fpn", {"MASK_IGNORE": True})]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch,dist", HEAD_CASES, ids=[c[0] for c in HEAD_CASES])
+def test_head_acclimation_starts_as_the_teacher_and_trains_a_copy_of_its_classifier(
+    tmp_path, arch, dist
+):
+    head, plain = _head_model(tmp_path, arch, **dist)
+    acclimation = head.terms[0].acclimation
+    before = [layer.weight.clone() for layer in acclimation.layers]
+    first = _step(head, arch)
+    torch.testing.assert_close(first["loss_distill_dist"], _step(plain, arch)["loss_distill_dist"])
+    assert first["loss_distill_dist_acclimation_anchor"] == 0  # KL(teacher || itself)
+
+    params = list(acclimation.parameters())
+    opt = torch.optim.SGD(params, lr=1.0)
+    for i in range(3):
+        losses = _step(head, arch, iteration=i)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        assert all(p.grad is not None for p in params)
+        opt.step()
+    assert any(p.abs().sum() > 0 for p in params)  # the copy moved away from the teacher
+    later = _step(head, arch, iteration=3)
+    assert later["loss_distill_dist_acclimation_anchor"] > 0
+    # the teacher's own layer is untouched and outside the state dict (its offsets are in it)
+    assert all(torch.equal(b, layer.weight) for b, layer in zip(before, acclimation.layers))
+    keys = [k for k in head.state_dict() if "acclimation" in k]
+    assert "terms.0.acclimation.weight_offsets.0" in keys
+    assert not any(k.startswith("teacher") for k in head.state_dict())
+
+
+def test_head_acclimation_updates_the_copy_with_the_student_side_detached(tmp_path):
+    """The copy's gradient is the loss's with the student side detached, the student's the loss's
+    with the teacher side detached (one computation serves both)."""
+    from d2dist.losses import dist_loss
+
+    head, _ = _head_model(tmp_path, "faster_rcnn")
+    term, acclimation = head.terms[0], head.terms[0].acclimation
+    with torch.no_grad():
+        for p in acclimation.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.manual_seed(0)
+    head.train()
+    with EventStorage(0):
+        with head.extractor.student_recorder() as rec:
+            head.student(inputs("faster_rcnn"))
+        targets = head.extractor.extract(inputs("faster_rcnn"), rec)
+        pair = targets.roi
+        out = term(targets)
+    out.loss.backward()
+    got = [p.grad.clone() for p in acclimation.parameters()]
+    acclimation.zero_grad()
+    t = torch.cat([acclimation(x, stage) for stage, x in pair.teacher_inputs])
+    dist_loss(pair.student.detach(), t, detach_teacher=False).backward()
+    for a, p in zip(got, acclimation.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+def test_head_acclimation_needs_a_logit_term(teacher):
+    with pytest.raises(ConfigError, match="MODE='nope'"):
+        _model(teacher, terms=("DIST",), MODE="nope")
+
+
+def test_acclimation_that_no_term_uses_is_an_error(teacher):
+    with pytest.raises(ConfigError, match=r"ENABLED is True, but no term of LOSSES=\['MIMIC'\]"):
+        _model(teacher, terms=("MIMIC",))
+    with pytest.raises(ConfigError, match=r"MODE 'head' acclimates DIST\)"):
+        _model(teacher, terms=("DIST_FEATURE",), MODE="head")

@@ -2,7 +2,7 @@
 
 import logging
 import math
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -13,9 +13,9 @@ from torch import nn
 
 from ...config import ConfigError
 from ..lazy import TermSpec
-from ..losses import DistillTerm, build_distill_terms
 from ..targets import TargetExtractor, TargetRequest
 from ..teacher import Teacher, build_meta_arch, build_teacher
+from ..terms import DistillTerm, build_distill_terms
 
 __all__ = ["Distiller"]
 
@@ -53,6 +53,7 @@ class Distiller(nn.Module):
         student_loss_weight: float = 1.0,
         warmup_iters: int = 0,
         stop_iter: int = -1,
+        inherit: Sequence[str] = (),
     ):
         """
         Args:
@@ -65,6 +66,11 @@ class Distiller(nn.Module):
             student_loss_weight: factor of the student's own losses.
             warmup_iters: the terms' weights rise linearly from 0 over this many iterations.
             stop_iter: from this iteration on the terms are off (-1: never).
+            inherit: prefixes of student parameter names (e.g. ``["backbone.fpn_", "head"]``)
+                that a new run initialises from the teacher's parameters of the same name and
+                shape (:meth:`inherit_from_teacher`; "inheriting", as the one-stage COCO
+                configs of MGD, FGD and CrossKD do). Checked here: each prefix names student
+                parameters, and some of them can be copied.
         """
         super().__init__()
         if not terms:
@@ -99,6 +105,56 @@ class Distiller(nn.Module):
         for term in terms:
             request = request | term.request()
         self.extractor = TargetExtractor(student, teacher, request, input_format=input_format)
+        self.inherit = tuple(inherit)
+        self._inherited_keys()  # checks the prefixes now, before any training
+
+    def _inherited_keys(self) -> Tuple[List[str], List[str]]:
+        """The student state keys under :attr:`inherit` that the teacher has with the same shape
+        (copied by :meth:`inherit_from_teacher`), and those it has not (left as they are)."""
+        if not self.inherit:
+            return [], []
+        student = self.student.state_dict()
+        teacher = self.teacher.state_dict()
+        copy, skip = [], []
+        for prefix in self.inherit:
+            keys = [k for k in student if k.startswith(prefix)]
+            if not keys:
+                near = sorted({k.split(".")[0] + "." for k in student})
+                raise ConfigError(
+                    f"MODEL.DISTILL.INHERIT names {prefix!r}, which starts no parameter name of "
+                    f"the student; its names start with {near} (e.g. "
+                    f"{next(iter(student))!r})."
+                )
+            for k in keys:
+                same = k in teacher and teacher[k].shape == student[k].shape
+                (copy if same else skip).append(k)
+        if not copy:
+            raise ConfigError(
+                f"MODEL.DISTILL.INHERIT={list(self.inherit)}: no student parameter under these "
+                f"prefixes has a teacher parameter of the same name and shape (e.g. {skip[:3]}); "
+                "inheriting needs modules of equal structure and width (e.g. the same FPN width "
+                "and head convs)."
+            )
+        return copy, skip
+
+    @torch.no_grad()
+    def inherit_from_teacher(self) -> List[str]:
+        """Copy the teacher's parameters and buffers into the student under :attr:`inherit`,
+        where name and shape match (the start of a new run; the teacher must be loaded).
+        Returns the copied keys; the ones left alone are logged."""
+        copy, skip = self._inherited_keys()
+        if not copy:
+            return []
+        self.teacher_wrapper.check_loaded()
+        student, teacher = self.student.state_dict(), self.teacher.state_dict()
+        for k in copy:
+            student[k].copy_(teacher[k])
+        logger.info(
+            f"MODEL.DISTILL.INHERIT {list(self.inherit)}: {len(copy)} student tensors initialised "
+            f"from the teacher"
+            + (f"; left as they were (no teacher tensor of that name and shape): {skip}" if skip else "")
+        )
+        return copy
 
     @classmethod
     def from_config(cls, cfg):
@@ -109,7 +165,16 @@ class Distiller(nn.Module):
         student.to(torch.device(cfg.MODEL.DEVICE))
         teacher = build_teacher(cfg)  # its structure: the weights are loaded by load_teacher()
         terms = build_distill_terms(cfg, student, teacher.model)
-        if any("pixel" in term.request().logits for term in terms):
+        if d.ACCLIMATION.ENABLED and not any(
+            getattr(term, "acclimation", None) is not None for term in terms
+        ):
+            users = "DIST" if d.ACCLIMATION.MODE == "head" else "DIST and DIST_FEATURE"
+            raise ConfigError(
+                f"MODEL.DISTILL.ACCLIMATION.ENABLED is True, but no term of LOSSES="
+                f"{list(d.LOSSES)} uses it (MODE {d.ACCLIMATION.MODE!r} acclimates {users}): "
+                "add such a term, or set ACCLIMATION.ENABLED False."
+            )
+        if any("pixel" in term.request() for term in terms):
             _check_teacher_pooling(cfg, teacher.cfg, teacher.model)
         return {
             "student": student,
@@ -119,6 +184,7 @@ class Distiller(nn.Module):
             "student_loss_weight": d.STUDENT_LOSS_WEIGHT,
             "warmup_iters": d.WEIGHT_SCHEDULE.WARMUP_ITERS,
             "stop_iter": d.WEIGHT_SCHEDULE.STOP_ITER,
+            "inherit": list(d.INHERIT),
         }
 
     @property
@@ -176,15 +242,15 @@ class Distiller(nn.Module):
         targets = self.extractor.extract(batched_inputs, recorder)
         scalars, totals = {}, {}
         for term in self.terms:
-            value, parts, *extra = term(targets)
+            out = term(targets)
             scale = term.weight * factor
-            losses[term.loss_key] = value * scale
-            totals[term.loss_key] = value
-            for suffix, extra_value in (extra[0] if extra else {}).items():
+            losses[term.loss_key] = out.loss * scale
+            totals[term.loss_key] = out.loss
+            for suffix, extra_value in out.extra.items():
                 losses[f"{term.loss_key}_{suffix}"] = extra_value * scale
                 totals[f"{term.loss_key}_{suffix}"] = extra_value
             name = term.CONFIG_KEY.lower()
-            scalars.update({f"distill/{name}/{k}": v for k, v in parts.items()})
+            scalars.update({f"distill/{name}/{k}": v for k, v in out.parts.items()})
         # One device-to-host copy for every level of every term (not one per value), which also
         # serves the finiteness check.
         checked = {**scalars, **totals}
@@ -230,15 +296,13 @@ class Distiller(nn.Module):
 def _check_teacher_pooling(cfg, teacher_cfg, teacher: nn.Module) -> None:
     """A DeepLab teacher's ASPP pools image features with a kernel fixed by its own training crop
     (``INPUT.CROP.SIZE``); it runs on the student's training images, so they must be those crops.
+    Checked here, before training, for a yacs teacher (its INPUT.CROP against the student's); for
+    every teacher, the ``pixel`` target kind checks the kernel against each step's images.
     """
     if not any(isinstance(m, ASPP) and m.pool_kernel_size for m in teacher.modules()):
         return
-    if teacher_cfg is None:  # a LazyConfig or hand-built teacher: no INPUT.CROP to compare
-        raise ConfigError(
-            "the teacher's DeepLab head (ASPP) pools with a fixed kernel made for its training "
-            "crop, which d2dist can check only for yacs teachers (INPUT.CROP). Build the teacher "
-            "with global pooling (ASPP pool_kernel_size=None), or give it as a yacs config."
-        )
+    if teacher_cfg is None:  # a LazyConfig teacher: no INPUT.CROP to compare here; the pixel
+        return  # target kind checks the pooling kernel on every step's images instead
     t_crop, s_crop = teacher_cfg.INPUT.CROP, cfg.INPUT.CROP
     if s_crop.ENABLED and s_crop.TYPE == "absolute" and tuple(s_crop.SIZE) == tuple(t_crop.SIZE):
         return

@@ -1,0 +1,45 @@
+"""Target kinds: aligned (student, teacher) pairs for the distillation terms.
+
+Built in (one file each): ``features`` (backbone levels by name), ``roi`` (box logits on the
+student's RoIs), ``dense`` (RetinaNet / FCOS head logits per level), ``pixel`` (semantic logits),
+``gt`` (the ground truth at each level's resolution) and ``cross_head`` (the student's head
+features through the frozen teacher's remaining head layers). A kind of your own: subclass
+:class:`TargetKind`, set ``name`` and register it in :data:`TARGET_KIND_REGISTRY`.
+"""
+
+from . import cross_head, features, ground_truth, logits  # noqa: F401  registers the kinds
+from .base import (
+    TARGET_KIND_REGISTRY,
+    LogitPair,
+    NamedRegistry,
+    TargetKind,
+    TargetRequest,
+    Targets,
+    TeacherRun,
+    check_feature_names,
+    crop_to_common,
+    leaf,
+)
+from .cross_head import CrossHead
+from .extractor import TargetExtractor
+from .ground_truth import LevelGroundTruth
+from .logits import LOGIT_TARGETS, natural_logit_target, teacher_classifiers
+
+__all__ = [
+    "CrossHead",
+    "LOGIT_TARGETS",
+    "LevelGroundTruth",
+    "LogitPair",
+    "NamedRegistry",
+    "TARGET_KIND_REGISTRY",
+    "TargetExtractor",
+    "TargetKind",
+    "TargetRequest",
+    "Targets",
+    "TeacherRun",
+    "check_feature_names",
+    "crop_to_common",
+    "leaf",
+    "natural_logit_target",
+    "teacher_classifiers",
+]
