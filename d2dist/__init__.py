@@ -11,11 +11,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "Detectron2 yourself: https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
     ) from e
 
-from . import (  # noqa: E402
-    data,  # noqa: F401,E402  registers the built-in datasets
-    file_io,  # noqa: F401  registers the d2dist:// paths
-    modeling,  # noqa: F401,E402  registers Distiller, FCOS and the distillation terms
-)
+from . import data  # noqa: F401,E402  registers the built-in datasets
+from . import file_io  # noqa: F401,E402  registers the d2dist:// paths
+from . import modeling  # noqa: F401,E402  registers Distiller, FCOS and the distillation terms
 from .config import add_distill_config, get_cfg  # noqa: E402
 
 __all__ = ["__version__", "add_distill_config", "get_cfg"]

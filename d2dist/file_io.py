@@ -3,7 +3,7 @@
 Detectron2 names files of its own namespace ``detectron2://...`` through a handler of its
 ``PathManager``; d2dist registers one more, with iopath's public ``register_handler``, for the
 checkout d2dist runs from: ``d2dist://configs/Shapes-Detection/faster_rcnn_R50_FPN_3x.yaml`` is that
-config file and ``d2dist://output/study/teacher/model_final.pth`` the teacher that ``make demo``
+config file and ``d2dist://output/study/faster_rcnn/teacher/model_final.pth`` the teacher that ``make demo``
 writes, whatever the working directory. The shipped configs name their teachers this way, so they
 run from anywhere, through d2dist's tools and a user's own ``train_net.py`` alike (Detectron2's
 config merge and checkpointer read through its ``PathManager``).

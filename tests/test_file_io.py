@@ -20,7 +20,7 @@ from d2dist.engine import argument_parser
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")
 TEACHER_CFG = "d2dist://configs/Shapes-Detection/faster_rcnn_R50_FPN_3x.yaml"
-DEMO_TEACHER = "d2dist://output/study/teacher/model_final.pth"
+DEMO_TEACHER = "d2dist://output/study/faster_rcnn/teacher/model_final.pth"
 
 
 def test_d2dist_paths_name_files_of_the_checkout(tmp_path, monkeypatch):
@@ -29,7 +29,7 @@ def test_d2dist_paths_name_files_of_the_checkout(tmp_path, monkeypatch):
     local = os.path.join(SHAPES, "faster_rcnn_R50_FPN_3x.yaml")
     assert file_io.local_path(TEACHER_CFG) == local
     assert file_io.local_path(DEMO_TEACHER) == os.path.join(
-        REPO, "output", "study", "teacher", "model_final.pth"
+        REPO, "output", "study", "faster_rcnn", "teacher", "model_final.pth"
     )
     assert file_io.local_path("relative/path.pth") == "relative/path.pth"  # unchanged
     assert PathManager.isfile(TEACHER_CFG) and PathManager.isdir("d2dist://configs")
@@ -53,7 +53,7 @@ def test_an_installed_copy_without_a_checkout_says_so(tmp_path, monkeypatch):
 
 def test_the_shipped_configs_name_the_demo_teacher():
     for name in sorted(os.listdir(SHAPES)):
-        if "_from_R50_" not in name:
+        if "_faster_rcnn_R18_from_R50_" not in name:
             continue
         cfg = get_cfg()
         cfg.merge_from_file(os.path.join(SHAPES, name))
@@ -63,7 +63,8 @@ def test_the_shipped_configs_name_the_demo_teacher():
 
 def test_a_shipped_config_runs_from_outside_the_repository(tmp_path, monkeypatch):
     """kd_...yaml from another working directory: the teacher config through d2dist://, and its
-    weights through d2dist:// too (a checkpoint this test writes, named relative to the checkout)."""
+    weights through d2dist:// too (a checkpoint this test writes, named relative to the checkout).
+    """
     monkeypatch.chdir(tmp_path)
     teacher = d2_get_cfg()
     teacher.merge_from_file(os.path.join(SHAPES, "faster_rcnn_R50_FPN_3x.yaml"))
@@ -89,7 +90,7 @@ def test_a_shipped_config_runs_from_outside_the_repository(tmp_path, monkeypatch
     assert f"weights {weights} " in log  # the checkpoint d2dist:// named
 
     # The demo teacher's path, when `make demo` has not run: the message names the file.
-    missing = os.path.join(REPO, "output", "study", "teacher", "model_final.pth")
+    missing = os.path.join(REPO, "output", "study", "faster_rcnn", "teacher", "model_final.pth")
     if not os.path.exists(missing):
         cfg = get_cfg()
         cfg.merge_from_file(os.path.join(SHAPES, "kd_faster_rcnn_R18_from_R50_FPN_1x.yaml"))

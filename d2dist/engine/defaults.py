@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from typing import Callable, Sequence
@@ -26,6 +27,7 @@ __all__ = [
     "evaluate_teacher",
     "launch_cli",
     "load_config",
+    "plain_text_logs",
     "register_coco_datasets",
     "resolve_device",
     "setup",
@@ -190,6 +192,28 @@ def load_config(
     return cfg
 
 
+class _PlainText(logging.Filter):
+    """Drops terminal colour codes from a logger's records: Detectron2's ``default_setup`` logs
+    the config file's contents highlighted for a terminal, which would put escape codes into
+    ``log.txt``."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = self._ANSI.sub("", message), ()
+        return True
+
+
+def plain_text_logs() -> None:
+    """Keep terminal colour codes out of the logs (``log.txt``) of Detectron2's logger (call
+    before ``default_setup``, which logs the highlighted config through it)."""
+    logger = logging.getLogger("detectron2")
+    if not any(isinstance(f, _PlainText) for f in logger.filters):
+        logger.addFilter(_PlainText())
+
+
 def setup(args) -> CfgNode:
     """Build, validate and freeze the config of a ``train_net.py`` run, then set up logging.
 
@@ -214,6 +238,7 @@ def setup(args) -> CfgNode:
         )
     check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, training=not args.eval_only)
     cfg.freeze()
+    plain_text_logs()
     default_setup(cfg, args)
     # d2dist's own messages (teacher, resolved targets, DDP) into the console and log.txt too,
     # as Detectron2's projects do for theirs.

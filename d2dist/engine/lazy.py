@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig
 
 from ..config import ConfigError
-from .defaults import check_output_dir, resolve_device
+from .defaults import check_output_dir, plain_text_logs, resolve_device
 from .subnormals import flush_subnormals, log_subnormal_mode
 from .trainer import (
     AtomicCheckpointer,
@@ -88,6 +88,7 @@ def lazy_setup(args):
     _resolve_device(cfg, args.opts)
     flushed = flush_subnormals(cfg.train.device)  # before any computation (thread pool)
     check_output_dir(cfg.train.output_dir, resume=args.resume, training=not args.eval_only)
+    plain_text_logs()
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2dist")
     log_subnormal_mode(flushed)

@@ -6,6 +6,7 @@ import os
 import weakref
 
 import detectron2.data.transforms as T
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
@@ -154,6 +155,20 @@ class DistillationMixin:
             )
 
     @classmethod
+    def build_optimizer(cls, cfg, model):
+        """The optimizer of the trainer's other bases, plus ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE
+        "full_model"``: the norm of all gradients together clipped at ``CLIP_VALUE`` (what
+        mmdetection's ``grad_clip`` does, and the recipes of MGD, FGD and CrossKD use), besides
+        Detectron2's per-parameter "value" and "norm"."""
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+            return super().build_optimizer(cfg, model)
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False  # Detectron2 knows "value" and "norm" only
+        return clip_full_model(super().build_optimizer(cfg, model), clip.CLIP_VALUE, clip.NORM_TYPE)
+
+    @classmethod
     def evaluate_teacher(cls, cfg, teacher=None) -> dict:
         """``--eval-teacher`` in a project's own script: evaluate the teacher of the Distiller
         config ``cfg`` on ``cfg.DATASETS.TEST`` with this trainer's ``test`` (its own
@@ -215,7 +230,9 @@ class Trainer(DistillationMixin, DefaultTrainer):
         project's augmentations (:func:`sem_seg_train_augmentations`) as its train_net uses."""
         mapper = None
         if cfg.INPUT.CROP.ENABLED and _student_meta_architecture(cfg) == "SemanticSegmentor":
-            mapper = DatasetMapper(cfg, is_train=True, augmentations=sem_seg_train_augmentations(cfg))
+            mapper = DatasetMapper(
+                cfg, is_train=True, augmentations=sem_seg_train_augmentations(cfg)
+            )
         try:
             return build_detection_train_loader(cfg, mapper=mapper)
         except AssertionError as e:  # Detectron2 asserts on empty datasets, with no key named
@@ -228,6 +245,27 @@ class Trainer(DistillationMixin, DefaultTrainer):
                 "annotations). Check the dataset's files (datasets/README.md) and its "
                 "registration, or name another dataset."
             ) from e
+
+
+def clip_full_model(optimizer, max_norm: float, norm_type: float = 2.0):
+    """``optimizer``, its ``step`` first clipping the norm of all its parameters' gradients
+    together at ``max_norm`` (the way Detectron2 adds its own gradient clipping: a subclass of
+    the optimizer's class)."""
+    if not max_norm > 0:
+        raise ConfigError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE={max_norm}: the largest gradient norm must be > 0"
+        )
+    base = type(optimizer)
+
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+        return base.step(self, closure)
+
+    optimizer.__class__ = type(
+        base.__name__ + "WithFullModelGradientClipping", (base,), {"step": step}
+    )
+    return optimizer
 
 
 def _student_meta_architecture(cfg) -> str:

@@ -8,7 +8,13 @@ from .meta_arch import Distiller
 from .recorder import Recorder
 from .targets import TARGET_KIND_REGISTRY, TargetExtractor, TargetKind, TargetRequest, Targets
 from .teacher import Teacher, TeacherNotLoadedError, build_teacher, load_teacher_config
-from .terms import DISTILL_TERM_REGISTRY, DistillTerm, TermOutput, build_distill_terms, register_term
+from .terms import (
+    DISTILL_TERM_REGISTRY,
+    DistillTerm,
+    TermOutput,
+    build_distill_terms,
+    register_term,
+)
 
 # The term registry's earlier name.
 DISTILL_LOSS_REGISTRY = DISTILL_TERM_REGISTRY

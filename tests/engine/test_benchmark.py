@@ -120,3 +120,29 @@ def test_peak_memory_is_per_region():
     memory.reset()
     without = memory.peak_mib()
     assert with_big - without > 200
+
+
+@pytest.mark.parametrize(
+    "config,extra",
+    [
+        ("fgd_faster_rcnn_R18_from_R50_FPN_1x.yaml", []),  # features + ground truth kinds
+        ("mgd_faster_rcnn_R18_from_R50_FPN_1x.yaml", []),
+        ("crosskd_retinanet_R18_from_R50_FPN_1x.yaml",  # the cross-head kind
+         ["MODEL.RETINANET.NUM_CONVS", "1", "MODEL.RETINANET.NORM", "",
+          "MODEL.DISTILL.CROSSKD.DEPTH", "1",
+          "MODEL.DISTILL.TEACHER.OPTS", str(DATA[:2] + TEACHER_TINY[:6] + [
+              "MODEL.RETINANET.NUM_CONVS", "1", "MODEL.RETINANET.NORM", "",
+              "MODEL.FPN.OUT_CHANNELS", "16"])]),
+    ],
+)  # fmt: skip
+def test_the_method_step_is_timed_for_every_target_kind(config, extra):
+    """The terms run on leaves of the targets (each kind makes its own), with random weights."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIGS, config))
+    opts = [*DATA, *STUDENT_TINY, "MODEL.DISTILL.TEACHER.OPTS", str(DATA[:2] + TEACHER_TINY),
+            *extra]  # fmt: skip
+    cfg.merge_from_list(opts)
+    result = benchmark(cfg, iters=1, warmup=0, random_weights=True)
+    name = config.split("_")[0].upper()
+    assert set(result.term_times) == {name} and result.term_times[name][0] > 0
+    assert result.summary()["method_step_s"] >= result.term_times[name][0]

@@ -34,8 +34,12 @@ def test_the_neck_and_head_start_from_the_teacher(tmp_path):
     assert {"head.cls_score.weight", "head.cls_subnet.0.weight", "backbone.fpn_output3.weight",
             "backbone.top_block.p7.weight"} <= set(inherited)  # fmt: skip
     # the lateral convs and P6 read ResNets of other widths: their kernels are left as they were
-    assert set(skipped) == {"backbone.fpn_lateral3.weight", "backbone.fpn_lateral4.weight",
-                            "backbone.fpn_lateral5.weight", "backbone.top_block.p6.weight"}
+    assert set(skipped) == {
+        "backbone.fpn_lateral3.weight",
+        "backbone.fpn_lateral4.weight",
+        "backbone.fpn_lateral5.weight",
+        "backbone.top_block.p6.weight",
+    }
     # the student's ResNet-18 stays its own (the teacher's is a ResNet-50)
     for k, v in model.student.backbone.bottom_up.state_dict().items():
         assert torch.equal(v, bottom_up[k])

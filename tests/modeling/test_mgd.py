@@ -19,7 +19,9 @@ def test_fixed_value_with_an_identity_generator():
     mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
     # sum((s * mask - t)^2) / N = (1 + 16) / 1
     torch.testing.assert_close(mgd_loss(s, t, nn.Identity(), mask), torch.tensor(17.0))
-    torch.testing.assert_close(mgd_loss(s, t, nn.Identity(), mask, alpha=2e-5), torch.tensor(3.4e-4))
+    torch.testing.assert_close(
+        mgd_loss(s, t, nn.Identity(), mask, alpha=2e-5), torch.tensor(3.4e-4)
+    )
 
 
 def _reference(s, t, generator, mask, alpha):
@@ -118,7 +120,9 @@ def test_the_term_draws_its_masks_from_the_seed_and_the_iteration(teacher):
 def test_configuration_errors(teacher):
     cfg = distill_cfg("faster_rcnn", *teacher, losses=["MGD"])
     cfg.MODEL.DISTILL.MGD.LAMBDA = 1.0
-    with pytest.raises(ConfigError, match=r"MGD.LAMBDA=1.0: the masked fraction must be in \[0, 1\)"):
+    with pytest.raises(
+        ConfigError, match=r"MGD.LAMBDA=1.0: the masked fraction must be in \[0, 1\)"
+    ):
         build_distiller(cfg)
     cfg.MODEL.DISTILL.MGD.LAMBDA = 0.5
     cfg.MODEL.DISTILL.MGD.IN_FEATURES = ["p2", "p2"]

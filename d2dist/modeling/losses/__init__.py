@@ -2,7 +2,14 @@
 in :mod:`d2dist.modeling.terms` (one file per method) and the public loss functions in
 :mod:`d2dist.losses`."""
 
-from ..terms import DISTILL_TERM_REGISTRY, KD, MIMIC, DistillTerm, build_distill_terms, register_term
+from ..terms import (
+    DISTILL_TERM_REGISTRY,
+    KD,
+    MIMIC,
+    DistillTerm,
+    build_distill_terms,
+    register_term,
+)
 from .functional import binary_kd_loss, kd_loss, mimic_loss
 
 DISTILL_LOSS_REGISTRY = DISTILL_TERM_REGISTRY

@@ -152,7 +152,11 @@ class Distiller(nn.Module):
         logger.info(
             f"MODEL.DISTILL.INHERIT {list(self.inherit)}: {len(copy)} student tensors initialised "
             f"from the teacher"
-            + (f"; left as they were (no teacher tensor of that name and shape): {skip}" if skip else "")
+            + (
+                f"; left as they were (no teacher tensor of that name and shape): {skip}"
+                if skip
+                else ""
+            )
         )
         return copy
 

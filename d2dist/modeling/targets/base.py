@@ -57,7 +57,9 @@ class NamedRegistry(Registry):
             return self.register
         name = getattr(obj, "name", "")
         if not name or not isinstance(name, str):
-            raise TypeError(f"{obj!r} needs a non-empty str `name` to be registered in {self._name}")
+            raise TypeError(
+                f"{obj!r} needs a non-empty str `name` to be registered in {self._name}"
+            )
         self._do_register(name, obj)
         return obj
 

@@ -83,7 +83,7 @@ class CrossHead:
         head = self.teacher.head
         subnet_name, predictor_name = BRANCHES[branch]
         subnet = getattr(head, subnet_name)
-        tail = subnet if k == 0 else subnet[_relus(subnet)[k - 1]:]
+        tail = subnet if k == 0 else subnet[_relus(subnet)[k - 1] :]
         predictor = getattr(head, predictor_name)
         # levels in order: a per-level norm (CycleBatchNormList) cycles with the calls
         return [predictor(tail(z)) for z in self.aligned(k, branch)]

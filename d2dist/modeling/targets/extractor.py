@@ -26,9 +26,7 @@ class TargetExtractor:
         input_format: the student's ``INPUT.FORMAT`` (the format of the step's images).
     """
 
-    def __init__(
-        self, student: nn.Module, teacher, request: TargetRequest, *, input_format: str
-    ):
+    def __init__(self, student: nn.Module, teacher, request: TargetRequest, *, input_format: str):
         teacher.check_formats(input_format)
         self.teacher = teacher
         self.input_format = input_format
@@ -62,7 +60,9 @@ class TargetExtractor:
         under the teacher's own precision: each kind's raw output, for :meth:`pair`."""
         run = TeacherRun(self.teacher, batched_inputs, self.input_format)
         with self.teacher.autocast_context():
-            return {name: kind.teacher_forward(run, student_rec) for name, kind in self.kinds.items()}
+            return {
+                name: kind.teacher_forward(run, student_rec) for name, kind in self.kinds.items()
+            }
 
     def pair(self, batched_inputs: Sequence[dict], student_rec: Recorder, t_out: dict) -> Targets:
         """Pair the recorded student tensors with :meth:`teacher_forward`'s outputs."""

@@ -56,8 +56,8 @@ class LevelGroundTruth:
         ys = torch.arange(h, device=boxes.device, dtype=torch.float32) * s
         xs = torch.arange(w, device=boxes.device, dtype=torch.float32) * s
         b = boxes.float()
-        over_y = (torch.minimum(ys[None] + s, b[:, 3:4]) - torch.maximum(ys[None], b[:, 1:2]))
-        over_x = (torch.minimum(xs[None] + s, b[:, 2:3]) - torch.maximum(xs[None], b[:, 0:1]))
+        over_y = torch.minimum(ys[None] + s, b[:, 3:4]) - torch.maximum(ys[None], b[:, 1:2])
+        over_x = torch.minimum(xs[None] + s, b[:, 2:3]) - torch.maximum(xs[None], b[:, 0:1])
         over_y, over_x = over_y.clamp(min=0) / s, over_x.clamp(min=0) / s
         return over_y[:, :, None] * over_x[:, None, :]
 

@@ -17,8 +17,13 @@ from torch import Tensor, nn
 
 from ...config import ConfigError
 from ..adapters import build_adapter
-from ..targets import LOGIT_TARGETS, TargetRequest, Targets, check_feature_names
-from ..targets import natural_logit_target
+from ..targets import (
+    LOGIT_TARGETS,
+    TargetRequest,
+    Targets,
+    check_feature_names,
+    natural_logit_target,
+)
 
 __all__ = [
     "DISTILL_TERM_REGISTRY",

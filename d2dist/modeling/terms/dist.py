@@ -178,16 +178,21 @@ class DIST(AcclimatedTerm):
     def _acclimated(self, pair, phase: str):
         """The teacher logits for the loss, whether to detach them, and the anchor's pair."""
         if not self._head:
+
             def acclimate():
                 return self.acclimation(pair.teacher)
+
         elif self.target == "roi":  # one acclimated layer per teacher stage
+
             def acclimate():
                 return torch.cat([self.acclimation(x, stage) for stage, x in pair.teacher_inputs])
+
         else:  # on the teacher's whole map, then cropped as its logits were
             h, w = pair.teacher.shape[-2:]
 
             def acclimate():
                 return self.acclimation(pair.teacher_inputs)[..., :h, :w]
+
         t, detach = self.acclimated(pair.teacher, phase, acclimate)
         return t, detach, (t, pair.teacher)
 

@@ -6,7 +6,14 @@ from detectron2.config import configurable
 from torch import Tensor
 
 from ..targets import TargetRequest, Targets
-from .base import DistillTerm, TermOutput, check_tau, register_term, resolve_logit_target, sum_levels
+from .base import (
+    DistillTerm,
+    TermOutput,
+    check_tau,
+    register_term,
+    resolve_logit_target,
+    sum_levels,
+)
 from .common import float32_loss, logit_rows
 
 __all__ = ["KD", "binary_kd_loss", "kd_loss"]

@@ -34,7 +34,11 @@ class MGDGenerator(nn.Sequential):
 
 @float32_loss
 def mgd_loss(
-    student_feat: Tensor, teacher_feat: Tensor, generator: nn.Module, mask: Tensor, alpha: float = 1.0
+    student_feat: Tensor,
+    teacher_feat: Tensor,
+    generator: nn.Module,
+    mask: Tensor,
+    alpha: float = 1.0,
 ) -> Tensor:
     """Yang et al., "Masked Generative Distillation" (MGD), ECCV 2022; one level.
 
@@ -100,7 +104,9 @@ class MGD(DistillTerm):
                 "authors' COCO configs: 0.45 for two-stage, 0.65 for one-stage detectors)."
             )
         if set(adapters) != set(generators):
-            raise ConfigError(f"MGD: adapters for {list(adapters)}, generators for {list(generators)}")
+            raise ConfigError(
+                f"MGD: adapters for {list(adapters)}, generators for {list(generators)}"
+            )
         self.adapters, self.generators = adapters, generators
         self.lam, self.seed = float(lam), int(seed)
         self._generators: Dict[str, torch.Generator] = {}
@@ -111,7 +117,10 @@ class MGD(DistillTerm):
         adapters = feature_adapters(c, "MGD", student, teacher)
         t_shapes = teacher.backbone.output_shape()
         generators = nn.ModuleDict(
-            {n: build_distill_module("MGDGenerator", channels=t_shapes[n].channels) for n in adapters}
+            {
+                n: build_distill_module("MGDGenerator", channels=t_shapes[n].channels)
+                for n in adapters
+            }
         )
         return {
             "weight": c.WEIGHT,
