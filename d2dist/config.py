@@ -16,12 +16,16 @@ them is merged. d2dist takes them in two ways:
 import importlib
 from typing import Callable, Iterable, List, Union
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
+from .errors import ConfigError
+
 __all__ = [
     "ConfigError",
+    "merge_config_file",
     "add_distill_config",
     "add_fcos_config",
     "config_defaults",
@@ -32,14 +36,6 @@ __all__ = [
 # Where add_distill_config keeps the defaults of the config it was added to: in the CfgNode's
 # instance __dict__, next to yacs's own flags, so it is copied by clone() but never dumped.
 _DEFAULTS = "_d2dist_defaults"
-
-
-class ConfigError(ValueError):
-    """A configuration or command-line value that d2dist cannot run with.
-
-    The message names the key, the value given, what is expected and how to fix it;
-    ``tools/train_net.py`` prints it without a traceback.
-    """
 
 
 def add_distill_config(cfg: CN) -> None:
@@ -310,3 +306,31 @@ def get_cfg(*config_functions: ConfigFunction) -> CN:
     apply_config_functions(cfg, config_functions, "--config-function")
     add_distill_config(cfg)
     return cfg
+
+
+def merge_config_file(cfg: CN, path: str, what: str) -> None:
+    """``cfg.merge_from_file(path)``, with the file's own faults as :class:`ConfigError` s that
+    name ``what`` (e.g. "config file 'x.yaml'"): invalid YAML, a top level that is not a mapping,
+    a missing ``_BASE_`` file, a ``_BASE_`` chain that loops. (Unknown keys and wrong value types
+    are the caller's to explain.)"""
+    try:
+        cfg.merge_from_file(path)
+    except RecursionError:
+        raise ConfigError(
+            f"{what}: its _BASE_ chain loops (a file is its own base, directly or through others); "
+            "make the chain end in a file without _BASE_."
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML: {e}") from e
+    except FileNotFoundError as e:
+        raise ConfigError(
+            f"{what}: the file {e.filename!r} it names (as _BASE_) does not exist; a _BASE_ path is "
+            "relative to the file that names it."
+        ) from e
+    except AttributeError as e:
+        if "has no attribute 'items'" not in str(e):
+            raise
+        raise ConfigError(
+            f"{what} (or a file of its _BASE_ chain) is not a mapping of config keys ({e}): a "
+            "config file holds `KEY: value` lines, e.g. `MODEL:` then indented keys."
+        ) from e

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ENV_VAR", "flush_subnormals", "log_subnormal_mode", "subnormals_flushed"]
 

@@ -16,8 +16,8 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
-from ..config import ConfigError
 from ..data import ensure_generated
+from ..errors import ConfigError
 
 __all__ = ["build_evaluator", "EVALUATORS_BY_TYPE"]
 

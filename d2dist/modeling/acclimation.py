@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .terms.base import DistillTerm
 
 __all__ = [

@@ -12,7 +12,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "ABF",
@@ -36,6 +36,22 @@ tensor (N, Cs, H, W) to (N, Ct, H, W).
 """
 # The registry's earlier name: adapters are the helper modules the terms started with.
 ADAPTER_REGISTRY = DISTILL_MODULE_REGISTRY
+
+
+NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "LN")
+
+
+def _norm(norm: str, channels: int, where: str):
+    """Detectron2's ``get_norm``, with an unknown name or an impossible width as a
+    :class:`ConfigError` naming ``where`` (the config key)."""
+    try:
+        return get_norm(norm, channels)
+    except KeyError:
+        raise ConfigError(
+            f"{where}={norm!r} is not a norm Detectron2 knows; use one of {list(NORMS)}."
+        ) from None
+    except ValueError as e:  # e.g. GroupNorm's 32 groups on fewer or indivisible channels
+        raise ConfigError(f"{where}={norm!r} on {channels} channels: {e}") from e
 
 
 def _check_stride(student: ShapeSpec, teacher: ShapeSpec, key: str) -> None:
@@ -83,7 +99,7 @@ class Conv1x1Adapter(nn.Sequential):
             nn.init.zeros_(conv.bias)
         layers = [conv]
         if norm:
-            layers.append(get_norm(norm, teacher_shape.channels))
+            layers.append(_norm(norm, teacher_shape.channels, f"ADAPTER_NORM of {key!r}"))
         super().__init__(*layers)
 
 
@@ -132,10 +148,19 @@ class ABF(nn.Module):
     ):
         super().__init__()
         self.conv1 = Conv2d(
-            in_channels, mid_channels, 1, bias=False, norm=get_norm(norm, mid_channels)
+            in_channels,
+            mid_channels,
+            1,
+            bias=False,
+            norm=_norm(norm, mid_channels, "MODEL.DISTILL.REVIEWKD.NORM (ABF)"),
         )
         self.conv2 = Conv2d(
-            mid_channels, out_channels, 3, padding=1, bias=False, norm=get_norm(norm, out_channels)
+            mid_channels,
+            out_channels,
+            3,
+            padding=1,
+            bias=False,
+            norm=_norm(norm, out_channels, "MODEL.DISTILL.REVIEWKD.NORM (ABF)"),
         )
         self.att_conv = Conv2d(2 * mid_channels, 2, 1) if fuse else None
         for conv in (self.conv1, self.conv2):

@@ -15,7 +15,7 @@ from detectron2.modeling.backbone.resnet import BasicStem, ResNet
 from detectron2.projects.deeplab.resnet import DeepLabStem
 from fvcore.nn import weight_init
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["DilatedBasicBlock", "build_resnet_deeplab_basic_backbone"]
 

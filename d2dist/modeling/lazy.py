@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 from detectron2.config import CfgNode
 from torch import nn
 
-from ..config import ConfigError, get_cfg
+from ..config import get_cfg
+from ..errors import ConfigError
 from .teacher import Teacher, build_meta_arch, build_teacher
 
 __all__ = ["TermSpec", "teacher_from_file", "yacs_model"]

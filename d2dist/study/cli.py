@@ -9,7 +9,7 @@ import time
 import warnings
 from typing import List, Optional, Sequence
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..file_io import CHECKOUT
 from .planning import Job, StudyError, default_output_dir, plan
 from .report import aggregate, table, write_report

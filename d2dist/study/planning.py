@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..file_io import CHECKOUT
 from .tasks import TASKS, Method
 

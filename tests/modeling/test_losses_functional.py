@@ -1,4 +1,5 @@
-"""Pure loss functions (METHODS.md sections 4 and 7) against naive references written here."""
+"""Pure loss functions (docs/methods.md: KD, feature mimicking) against naive references written
+here."""
 
 import math
 

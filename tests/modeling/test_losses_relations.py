@@ -1,5 +1,5 @@
-"""Relation and feature losses (METHODS.md sections 1, 2, 3 (HCL), 5 and 6) against naive
-float64 references written here: dist_loss, dist_feature_loss, pkd_loss, cwd_loss, hcl_loss.
+"""Relation and feature losses (docs/methods.md: DIST, DIST+, ReviewKD (HCL), PKD, CWD) against
+naive float64 references written here: dist_loss, dist_feature_loss, pkd_loss, cwd_loss, hcl_loss.
 """
 
 import math
@@ -26,7 +26,7 @@ _rows, _softmax = rows, softmax
 
 
 def _rho(u: list, v: list) -> float:
-    """METHODS.md: <u - mean(u), v - mean(v)> / (|u - mean(u)| * |v - mean(v)| + 1e-8)."""
+    """docs/methods.md: <u - mean(u), v - mean(v)> / (|u - mean(u)| * |v - mean(v)| + 1e-8)."""
     mu, mv = sum(u) / len(u), sum(v) / len(v)
     cu, cv = [a - mu for a in u], [b - mv for b in v]
     dot = sum(a * b for a, b in zip(cu, cv))
@@ -761,3 +761,22 @@ def test_every_loss_is_float32_under_autocast_and_finite_on_1x1_levels():
             value = call()
             assert value.dtype == torch.float32 and value.dim() == 0, name
             assert torch.isfinite(value), name
+
+
+def test_relation_loss_keeps_the_public_contract():
+    """float32, the teacher side detached (unless asked otherwise), checked shapes."""
+    from d2dist.losses import relation_loss
+
+    torch.manual_seed(0)
+    s = torch.rand(6, 4, requires_grad=True)
+    t = torch.rand(6, 4, requires_grad=True)
+    loss = relation_loss(s.bfloat16(), t.bfloat16())
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    relation_loss(s, t).backward()
+    assert s.grad is not None and t.grad is None
+    relation_loss(s, t, detach_teacher=False).backward()
+    assert t.grad is not None  # for a trainable teacher-side map (acclimation)
+    with pytest.raises(ValueError, match="must have equal shapes"):
+        relation_loss(s, t[:, :3])
+    with pytest.raises(ValueError, match=r"must be \(rows, columns\)"):
+        relation_loss(s[None], t[None])

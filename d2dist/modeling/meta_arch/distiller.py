@@ -11,7 +11,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..lazy import TermSpec
 from ..targets import TargetExtractor, TargetRequest
 from ..teacher import Teacher, build_meta_arch, build_teacher
@@ -81,6 +81,18 @@ class Distiller(nn.Module):
             )
         if warmup_iters < 0:
             raise ConfigError(f"MODEL.DISTILL.WEIGHT_SCHEDULE.WARMUP_ITERS={warmup_iters} < 0")
+        if stop_iter < -1 or 0 <= stop_iter <= warmup_iters:
+            raise ConfigError(
+                f"MODEL.DISTILL.WEIGHT_SCHEDULE.STOP_ITER={stop_iter} with WARMUP_ITERS="
+                f"{warmup_iters}: the terms would never act at full weight. STOP_ITER is -1 (never "
+                "stop) or an iteration after the warm-up."
+            )
+        if not (math.isfinite(student_loss_weight) and student_loss_weight >= 0):
+            raise ConfigError(
+                f"MODEL.DISTILL.STUDENT_LOSS_WEIGHT={student_loss_weight}: must be a finite number "
+                ">= 0 (a negative weight would make the student maximise its own loss; 0 trains "
+                "on the distillation terms alone)."
+            )
         if not isinstance(teacher, Teacher):
             raise TypeError(
                 f"Distiller(teacher=...) takes a d2dist.modeling.Teacher, got {type(teacher)}: "

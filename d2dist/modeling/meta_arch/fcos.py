@@ -44,7 +44,7 @@ class FCOS(_FCOS):
         shapes = backbone.output_shape()
         missing = [name for name in f.IN_FEATURES if name not in shapes]
         if missing:
-            from ...config import ConfigError
+            from ...errors import ConfigError
 
             raise ConfigError(
                 f"MODEL.FCOS.IN_FEATURES names {missing}, which the backbone does not produce; "

@@ -32,7 +32,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 
 __all__ = [
     "LogitPair",

@@ -8,7 +8,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..recorder import Recorder
 from .base import TARGET_KIND_REGISTRY, TargetKind
 

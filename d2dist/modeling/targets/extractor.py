@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 from torch import nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..recorder import Recorder
 from .base import TARGET_KIND_REGISTRY, TargetKind, TargetRequest, Targets, TeacherRun
 

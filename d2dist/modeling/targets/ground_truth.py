@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from detectron2.structures import BitMasks, PolygonMasks
 from torch import Tensor
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from .base import TARGET_KIND_REGISTRY, TargetKind
 
 __all__ = ["GroundTruthTargets", "LevelGroundTruth"]

@@ -14,7 +14,7 @@ from detectron2.layers import ASPP
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..recorder import Recorder
 from .base import TARGET_KIND_REGISTRY, LogitPair, TargetKind, crop_to_common
 

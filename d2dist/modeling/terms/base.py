@@ -15,7 +15,7 @@ from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..adapters import build_adapter
 from ..targets import (
     LOGIT_TARGETS,
@@ -32,6 +32,7 @@ __all__ = [
     "TermOutput",
     "build_distill_terms",
     "check_levels",
+    "check_relation_weights",
     "check_tau",
     "feature_adapters",
     "register_term",
@@ -124,6 +125,18 @@ class DistillTerm(nn.Module):
 def check_tau(tau: float, key: str) -> None:
     if not tau > 0:
         raise ConfigError(f"MODEL.DISTILL.{key}.TAU={tau}; the temperature must be > 0")
+
+
+def check_relation_weights(beta: float, gamma: float, key: str) -> None:
+    """DIST's inter (BETA) and intra (GAMMA) weights: finite, >= 0, not both 0."""
+    for name, value in (("BETA", beta), ("GAMMA", gamma)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"MODEL.DISTILL.{key}.{name}={value}: must be a finite number >= 0")
+    if beta == 0 and gamma == 0:
+        raise ConfigError(
+            f"MODEL.DISTILL.{key}.BETA and GAMMA are both 0, so the term would compute nothing; "
+            f"give one a positive weight, or remove {key} from MODEL.DISTILL.LOSSES."
+        )
 
 
 def sum_levels(parts: Dict[str, Tensor]) -> Tensor:

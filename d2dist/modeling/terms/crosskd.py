@@ -13,7 +13,7 @@ from detectron2.structures import Boxes
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..targets import TargetRequest, Targets
 from .base import DistillTerm, TermOutput, register_term
 from .common import check_pair, float32_loss

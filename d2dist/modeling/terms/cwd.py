@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..targets import TargetRequest, Targets
 from .base import DistillTerm, TermOutput, check_tau, feature_adapters, register_term, sum_levels
 from .common import check_pair, float32_loss

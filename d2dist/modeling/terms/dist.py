@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..acclimation import (
     AcclimatedTerm,
     AcclimationSchedule,
@@ -16,19 +16,39 @@ from ..acclimation import (
     acclimation_from_config,
 )
 from ..targets import TargetRequest, Targets, teacher_classifiers
-from .base import TermOutput, check_tau, register_term, resolve_logit_target, sum_levels
-from .common import float32_loss, logit_rows, pearson
+from .base import (
+    TermOutput,
+    check_relation_weights,
+    check_tau,
+    register_term,
+    resolve_logit_target,
+    sum_levels,
+)
+from .common import check_pair, float32_loss, logit_rows, pearson
 
 __all__ = ["DIST", "dist_loss", "relation_loss"]
 
 
 @float32_loss
-def relation_loss(s: Tensor, t: Tensor, beta: float, gamma: float) -> Tensor:
+def relation_loss(
+    s: Tensor, t: Tensor, beta: float = 1.0, gamma: float = 1.0, *, detach_teacher: bool = True
+) -> Tensor:
     """DIST's relation loss on (rows, columns) predictions that are already normalised:
-    ``beta * (1 - mean row correlation) + gamma * (1 - mean column correlation)``.
+    ``beta * (1 - mean row correlation) + gamma * (1 - mean column correlation)``, in float32,
+    the teacher side detached (``detach_teacher=False`` lets gradients reach a trainable
+    teacher-side map: acclimation).
 
-    Used directly for sigmoid heads (dense DIST), where no softmax or temperature applies.
+    Used directly for sigmoid heads (dense DIST), where no softmax or temperature applies. An
+    empty batch gives 0.
     """
+    if s.dim() != 2:
+        raise ValueError(
+            f"relation_loss: predictions must be (rows, columns), got {tuple(s.shape)}"
+        )
+    check_pair(s, t, "relation_loss")
+    s, t = s.float(), t.float()
+    if detach_teacher:
+        t = t.detach()
     if s.shape[0] == 0:
         return s.sum() * 0.0
     inter = 1.0 - pearson(s, t).mean()
@@ -57,7 +77,7 @@ def dist_loss(
     """
     s, t = logit_rows(student_logits, teacher_logits, tau, "dist_loss", detach_teacher)
     p_s, p_t = F.softmax(s / tau, dim=1), F.softmax(t / tau, dim=1)
-    return relation_loss(p_s, p_t, beta, gamma) * tau**2
+    return relation_loss(p_s, p_t, beta, gamma, detach_teacher=detach_teacher) * tau**2
 
 
 def _dense_rows(x: Tensor, num_classes: int, mode: str) -> Tensor:
@@ -131,6 +151,7 @@ class DIST(AcclimatedTerm):
             acclimation_mode=acclimation_mode,
         )
         check_tau(tau, "DIST")
+        check_relation_weights(beta, gamma, "DIST")
         if dense_mode not in ("location", "anchor"):
             raise ConfigError(
                 f"MODEL.DISTILL.DIST.DENSE_MODE={dense_mode!r}; expected 'location' or 'anchor'"
@@ -211,9 +232,9 @@ class DIST(AcclimatedTerm):
             return TermOutput(loss, {}, self.anchor(phase, [(*anchored, False)]))
         parts, anchored = {}, []
         for name, pair in targets.dense.items():
-            t, _, a = self._acclimated(pair, phase)  # detached unless acclimating
+            t, detach, a = self._acclimated(pair, phase)  # detached unless acclimating
             anchored.append((*a, True))
             s = torch.sigmoid(_dense_rows(pair.student.float(), self.num_classes, self.dense_mode))
             t = torch.sigmoid(_dense_rows(t.float(), self.num_classes, self.dense_mode))
-            parts[name] = relation_loss(s, t, self.beta, self.gamma)
+            parts[name] = relation_loss(s, t, self.beta, self.gamma, detach_teacher=detach)
         return TermOutput(sum_levels(parts), parts, self.anchor(phase, anchored))

@@ -6,7 +6,7 @@ from typing import Optional
 from detectron2.config import configurable
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..acclimation import (
     AcclimatedTerm,
     AcclimationSchedule,
@@ -14,7 +14,14 @@ from ..acclimation import (
     acclimation_from_config,
 )
 from ..targets import TargetRequest, Targets
-from .base import TermOutput, check_tau, feature_adapters, register_term, sum_levels
+from .base import (
+    TermOutput,
+    check_relation_weights,
+    check_tau,
+    feature_adapters,
+    register_term,
+    sum_levels,
+)
 from .common import float32_loss, logit_rows
 from .dist import dist_loss, relation_loss
 
@@ -49,7 +56,7 @@ def dist_feature_loss(
     s, t = logit_rows(student_feat, teacher_feat, tau, "dist_feature_loss", detach_teacher)
     if normalize == "softmax":  # DIST on the (N*H*W, C) rows
         return dist_loss(s, t, beta, gamma, tau, detach_teacher=detach_teacher)
-    return relation_loss(s, t, beta, gamma)
+    return relation_loss(s, t, beta, gamma, detach_teacher=detach_teacher)
 
 
 @register_term
@@ -98,6 +105,7 @@ class DIST_FEATURE(AcclimatedTerm):  # noqa: N801  (the class name is the term's
                 f"MODEL.DISTILL.DIST_FEATURE.NORMALIZE={normalize!r}; expected 'none' or 'softmax'"
             )
         check_tau(tau, "DIST_FEATURE")
+        check_relation_weights(beta, gamma, "DIST_FEATURE")
         self.adapters = adapters
         self.beta, self.gamma, self.tau, self.normalize = beta, gamma, tau, normalize
 

@@ -8,7 +8,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..adapters import DISTILL_MODULE_REGISTRY, build_distill_module
 from ..targets import TargetRequest, Targets
 from .base import DistillTerm, TermOutput, feature_adapters, register_term, sum_levels

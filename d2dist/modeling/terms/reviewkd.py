@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import Tensor, nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..adapters import build_distill_module
 from ..targets import TargetRequest, Targets, check_feature_names
 from .base import DistillTerm, TermOutput, check_levels, register_term, sum_levels
