@@ -6,6 +6,7 @@ reaches Detectron2's internals to crash there with a shape or pickle error.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -161,6 +162,151 @@ def _config_error_in_a_worker(ctx, capsys):
     raise ConfigError(proc.stderr)
 
 
+def _config(ctx, name, text):
+    path = ctx.tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def _loop(ctx):
+    a = _config(ctx, "loop_a.yaml", '_BASE_: "loop_b.yaml"\n')
+    _config(ctx, "loop_b.yaml", '_BASE_: "loop_a.yaml"\n')
+    return a
+
+
+def _distilled_run(ctx):
+    """A finished one-iteration distillation run (its OUTPUT_DIR)."""
+    return ctx.cli()
+
+
+def _eval_only(ctx, config, *opts, flags=("--eval-only",)):
+    argv = [*flags, "--config-file", config, *SHAPES_TINY_DATA, *SHAPES_STUDENT_TINY,
+            "DATASETS.TEST", "('d2dist_shapes_tiny_val',)", "INPUT.MIN_SIZE_TEST", "64",
+            "INPUT.MAX_SIZE_TEST", "64", *opts]  # fmt: skip
+    return load_tool("train_net").main(argument_parser().parse_args(argv))
+
+
+def _eval_plain_with_a_distiller_checkpoint(ctx):
+    run = _distilled_run(ctx)
+    student = os.path.join(CONFIGS, "faster_rcnn_R18_FPN_1x.yaml")
+    return _eval_only(ctx, student, "MODEL.WEIGHTS", os.path.join(run, "model_final.pth"),
+                      "OUTPUT_DIR", ctx.out())  # fmt: skip
+
+
+def _eval_distiller_with_an_exported_student(ctx):
+    run = _distilled_run(ctx)
+    exported = os.path.join(run, "student.pth")
+    assert load_tool("export_student").main(["--run-dir", run, "--output", exported]) == 0
+    return _eval_only(ctx, DISTILL_CFG, "MODEL.WEIGHTS", exported, "OUTPUT_DIR", ctx.out(),
+                      "MODEL.DISTILL.TEACHER.WEIGHTS", ctx.missing)  # no teacher needed  # fmt: skip
+
+
+def _eval_with_another_models_checkpoint(ctx):
+    student = os.path.join(CONFIGS, "faster_rcnn_R18_FPN_1x.yaml")
+    return _eval_only(ctx, student, "MODEL.WEIGHTS", ctx.teacher, "OUTPUT_DIR", ctx.out())
+
+
+def _eval_resume_in_an_empty_dir(ctx):
+    student = os.path.join(CONFIGS, "faster_rcnn_R18_FPN_1x.yaml")
+    return _eval_only(ctx, student, "OUTPUT_DIR", ctx.out(), flags=("--eval-only", "--resume"))
+
+
+def _has_results(results):
+    assert "bbox" in results and set(results["bbox"]) >= {"AP", "AP50"}, results
+
+
+def _retinanet_default_student(ctx):
+    base = os.path.join(CONFIGS, "retinanet_R18_FPN_1x.yaml")
+    return ctx.cli(
+        config=_config(
+            ctx,
+            "retina_distill.yaml",
+            f"""_BASE_: "{base}"
+MODEL:
+  META_ARCHITECTURE: "Distiller"
+  DISTILL:
+    TEACHER:
+      CONFIG_FILE: "{TEACHER_CFG}"
+    LOSSES: ["MIMIC"]
+""",
+        )
+    )
+
+
+def _batch_not_divisible(ctx, capsys):
+    argv = ["--num-gpus", "2", "--config-file", DISTILL_CFG]
+    argv += ctx.opts("SOLVER.IMS_PER_BATCH", "3")
+    proc = subprocess.run(
+        [sys.executable, TRAIN_NET, *argv], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    raise ConfigError(proc.stderr)
+
+
+def _tool_error(tool, argv, capsys):
+    """A tool's ``main`` run as a user runs it: status 2 and a one-line message, no traceback."""
+    assert load_tool(tool).main(argv) == 2
+    err = capsys.readouterr().err
+    # (a logger whose handler holds an earlier test's captured, closed stdout reports that as a
+    # "Logging error" with a traceback of its own: a test-process artefact, not the tool's)
+    err = re.sub(r"--- Logging error ---.*?^Arguments:.*?$", "", err, flags=re.S | re.M)
+    assert "Traceback" not in err
+    raise ConfigError(err)
+
+
+def _export_a_corrupt_checkpoint(ctx, capsys):
+    return _tool_error(
+        "export_student",
+        ["--config-file", DISTILL_CFG, "--checkpoint", ctx.corrupt, "--output", ctx.out() + ".pth"],
+        capsys,
+    )
+
+
+def _export_with_another_students_config(ctx, capsys):
+    run = _distilled_run(ctx)
+    argv = ["--config-file", DISTILL_CFG, "--checkpoint", os.path.join(run, "model_final.pth"),
+            "--output", ctx.out() + ".pth", "MODEL.RESNETS.DEPTH", "34"]  # fmt: skip
+    return _tool_error("export_student", argv, capsys)
+
+
+def _export_a_broken_lazy_config(ctx, capsys):
+    path = _config(ctx, "broken.py", "model = (\n")
+    return _tool_error("export_student", ["--config-file", path, "--checkpoint", ctx.corrupt],
+                       capsys)  # fmt: skip
+
+
+def _benchmark(ctx, capsys, *argv):
+    return _tool_error("benchmark", list(argv), capsys)
+
+
+def _teacher_scoring_zero(ctx):
+    return ctx.cli("DATASETS.TEST", "('d2dist_shapes_tiny_val',)", "INPUT.MIN_SIZE_TEST", "64",
+                   "INPUT.MAX_SIZE_TEST", "64", "MODEL.DISTILL.TEACHER.OPTS", str(TEACHER_OPTS + [
+                       "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99999"]),
+                   flags=["--eval-teacher"])  # fmt: skip
+
+
+def _teacher_scoring_zero_accepted(ctx):
+    return ctx.cli("DATASETS.TEST", "('d2dist_shapes_tiny_val',)", "INPUT.MIN_SIZE_TEST", "64",
+                   "INPUT.MAX_SIZE_TEST", "64", "MODEL.DISTILL.TEACHER.OPTS", str(TEACHER_OPTS + [
+                       "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99999"]),
+                   flags=["--eval-teacher", "--ignore-teacher-check"])  # fmt: skip
+
+
+def _start_removes_leftovers(ctx):
+    out = ctx.tmp / "leftovers"
+    out.mkdir()
+    (out / "model_0000003.partial.pth").write_bytes(b"cut")
+    (out / "last_checkpoint.partial").write_text("model_0000003.partial.pth")
+    ctx.cli("OUTPUT_DIR", str(out))
+    return str(out)
+
+
+def _no_leftovers(out):
+    _trained(out)
+    assert not [f for f in os.listdir(out) if ".partial" in f], os.listdir(out)
+
+
 # (what is wrong, how it is run, what must happen: the error's message as a regex, or a check
 # of the result when the input is valid and must work)
 CASES = [
@@ -234,6 +380,112 @@ CASES = [
      r"--num-gpus 2 asks for 2 GPUs per machine, but 0 CUDA.*--num-gpus N MODEL.DEVICE cpu"),
     ("a config error in one of 2 processes", _config_error_in_a_worker,
      r"train_net.py: error: MODEL.DISTILL.TEACHER.WEIGHTS='.*missing.pth' does not exist"),
+    # ---- evaluation only ever runs on weights that loaded
+    ("--eval-only, a plain config and a Distiller's checkpoint (works: its student)",
+     lambda c, _: _eval_plain_with_a_distiller_checkpoint(c), _has_results),
+    ("--eval-only, a Distiller config and an exported student (works, no teacher file)",
+     lambda c, _: _eval_distiller_with_an_exported_student(c), _has_results),
+    ("--eval-only with another model's checkpoint",
+     lambda c, _: _eval_with_another_models_checkpoint(c),
+     r"'.*teacher.pth' does not fit the GeneralizedRCNN of this config \(.*shape mismatches.*"
+     r"Evaluate a run's checkpoint with that run's own config"),
+    ("--eval-only --resume in a directory without checkpoints",
+     lambda c, _: _eval_resume_in_an_empty_dir(c),
+     r"there are no weights to evaluate: no MODEL.WEIGHTS and no checkpoint in '.*run1'"),
+    # ---- config files that cannot be read
+    ("a _BASE_ loop", lambda c, _: c.cli(config=_loop(c)),
+     r"config file '.*loop_a.yaml': its _BASE_ chain loops"),
+    ("a missing _BASE_", lambda c, _: c.cli(config=_config(c, "nobase.yaml", '_BASE_: "no.yaml"\n')),
+     r"the file '.*no.yaml' it names \(as _BASE_\) does not exist"),
+    ("a YAML syntax error",
+     lambda c, _: c.cli(config=_config(c, "syntax.yaml", "MODEL:\n  WEIGHTS: [oops\n")),
+     r"config file '.*syntax.yaml' is not valid YAML"),
+    ("a YAML file that is not a mapping",
+     lambda c, _: c.cli(config=_config(c, "list.yaml", "- 1\n- 2\n")),
+     r"config file '.*list.yaml' .*is not a mapping of config keys"),
+    ("a teacher config with a _BASE_ loop",
+     lambda c, _: c.cli("MODEL.DISTILL.TEACHER.CONFIG_FILE", _loop(c)),
+     r"teacher config '.*loop_a.yaml': its _BASE_ chain loops"),
+    ("a teacher config that is not valid YAML",
+     lambda c, _: c.cli("MODEL.DISTILL.TEACHER.CONFIG_FILE",
+                        _config(c, "t.yaml", "MODEL: {WEIGHTS: \n")),
+     r"teacher config '.*t.yaml' is not valid YAML"),
+    # ---- values Detectron2 accepts but cannot run with
+    ("an unknown norm in an adapter",
+     lambda c, _: c.cli("MODEL.DISTILL.MIMIC.ADAPTER_NORM", "XN"),
+     r"ADAPTER_NORM of 'p2'='XN' is not a norm Detectron2 knows; use one of \[''"),
+    ("an unknown norm in ReviewKD's ABF",
+     lambda c, _: c.cli("MODEL.DISTILL.LOSSES", "['ReviewKD']", "MODEL.DISTILL.REVIEWKD.NORM",
+                        "XN", "MODEL.DISTILL.REVIEWKD.MID_CHANNELS", "8"),
+     r"MODEL.DISTILL.REVIEWKD.NORM \(ABF\)='XN' is not a norm"),
+    ("CHECKPOINT_PERIOD 0", lambda c, _: c.cli("SOLVER.CHECKPOINT_PERIOD", "0"),
+     r"SOLVER.CHECKPOINT_PERIOD=0: must be at least 1"),
+    ("MAX_ITER 0", lambda c, _: c.cli("SOLVER.MAX_ITER", "0"),
+     r"SOLVER.MAX_ITER=0: must be at least 1"),
+    ("BASE_LR 0", lambda c, _: c.cli("SOLVER.BASE_LR", "0.0"), r"SOLVER.BASE_LR=0.0: must be > 0"),
+    ("an unknown device", lambda c, _: c.cli("MODEL.DEVICE", "gpu"),
+     r"MODEL.DEVICE='gpu' is not a device PyTorch knows"),
+    ("a batch not divisible by the processes", _batch_not_divisible,
+     r"SOLVER.IMS_PER_BATCH=3 images per step cannot be split evenly between 2 processes"),
+    ("a RetinaNet config that left STUDENT_META_ARCHITECTURE at its default",
+     lambda c, _: _retinanet_default_student(c),
+     r"STUDENT_META_ARCHITECTURE='GeneralizedRCNN' cannot be built from this config "
+     r"\(KeyError.*'RetinaNet' for a RetinaNet"),
+    # ---- nonsense that used to be accepted silently
+    ("a negative STUDENT_LOSS_WEIGHT", lambda c, _: c.cli("MODEL.DISTILL.STUDENT_LOSS_WEIGHT", "-1.0"),
+     r"STUDENT_LOSS_WEIGHT=-1.0: must be a finite number >= 0 \(a negative weight would make"),
+    ("a negative DIST BETA",
+     lambda c, _: c.cli("MODEL.DISTILL.LOSSES", "['DIST']", "MODEL.DISTILL.DIST.BETA", "-1.0"),
+     r"MODEL.DISTILL.DIST.BETA=-1.0: must be a finite number >= 0"),
+    ("DIST BETA = GAMMA = 0",
+     lambda c, _: c.cli("MODEL.DISTILL.LOSSES", "['DIST_FEATURE']", "MODEL.DISTILL.DIST_FEATURE.BETA",
+                        "0.0", "MODEL.DISTILL.DIST_FEATURE.GAMMA", "0.0"),
+     r"DIST_FEATURE.BETA and GAMMA are both 0, so the term would compute nothing"),
+    ("STOP_ITER below -1", lambda c, _: c.cli("MODEL.DISTILL.WEIGHT_SCHEDULE.STOP_ITER", "-2"),
+     r"STOP_ITER=-2 with WARMUP_ITERS=0: the terms would never act at full weight"),
+    ("STOP_ITER at WARMUP_ITERS",
+     lambda c, _: c.cli("MODEL.DISTILL.WEIGHT_SCHEDULE.STOP_ITER", "5",
+                        "MODEL.DISTILL.WEIGHT_SCHEDULE.WARMUP_ITERS", "5"),
+     r"STOP_ITER=5 with WARMUP_ITERS=5: .*an iteration after the warm-up"),
+    ("acclimation that no term uses", lambda c, _: c.cli("MODEL.DISTILL.ACCLIMATION.ENABLED", "True"),
+     r"ACCLIMATION.ENABLED is True, but no term of LOSSES=\['MIMIC'\] uses it"),
+    ("an unknown acclimation mode",
+     lambda c, _: c.cli("MODEL.DISTILL.LOSSES", "['DIST']", "MODEL.DISTILL.ACCLIMATION.ENABLED",
+                        "True", "MODEL.DISTILL.ACCLIMATION.MODE", "teacher"),
+     r"ACCLIMATION.MODE='teacher'; expected one of \('output', 'head'\)"),
+    ("a level named twice", lambda c, _: c.cli("MODEL.DISTILL.MIMIC.IN_FEATURES", "['p2', 'p2']"),
+     r"MIMIC.IN_FEATURES=\['p2', 'p2'\] names \['p2'\] more than once"),
+    ("INHERIT names no student parameter", lambda c, _: c.cli("MODEL.DISTILL.INHERIT", "['neck']"),
+     r"INHERIT names 'neck', which starts no parameter name of the student"),
+    ("full-model gradient clipping at 0",
+     lambda c, _: c.cli("SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+                        "full_model", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.0"),
+     r"CLIP_VALUE=0.0: the largest gradient norm must be > 0"),
+    ("--eval-teacher on an empty test set", lambda c, _: c.cli(flags=["--eval-teacher"]),
+     r"--eval-teacher evaluates the teacher on DATASETS.TEST, which is empty"),
+    ("--eval-teacher, a teacher that scores 0", lambda c, _: _teacher_scoring_zero(c),
+     r"the teacher \(.*teacher.pth\) scores .*AP = (nan|0.0).*cannot teach.*--ignore-teacher-check"),
+    ("--eval-teacher, a teacher that scores 0, told to go on (works)",
+     lambda c, _: _teacher_scoring_zero_accepted(c), _trained),
+    # ---- the tools' own arguments and files
+    ("export: a corrupt checkpoint", _export_a_corrupt_checkpoint,
+     r"export_student.py: error: could not read checkpoint '.*corrupt.pth'"),
+    ("export: another student's config", _export_with_another_students_config,
+     r"(?s)student weights of '.*model_final.pth' do not fit the student of this config.*--run-dir"),
+    ("export: a LazyConfig that does not load", _export_a_broken_lazy_config,
+     r"could not load the LazyConfig '.*broken.py'"),
+    ("benchmark: a missing config file",
+     lambda c, cap: _benchmark(c, cap, "--config-file", c.missing + ".yaml"),
+     r"benchmark.py: error: --config-file '.*missing.pth.yaml' does not exist"),
+    ("benchmark: an unknown device",
+     lambda c, cap: _benchmark(c, cap, "--config-file", DISTILL_CFG, "--device", "gpu", *c.opts()),
+     r"benchmark.py: error: MODEL.DEVICE='gpu' is not a device"),
+    ("benchmark: no iterations",
+     lambda c, cap: _benchmark(c, cap, "--config-file", DISTILL_CFG, "--iters", "0", *c.opts()),
+     r"--iters must be >= 1"),
+    # ---- no litter
+    ("leftovers of an interrupted save at the start of a run (works: removed)",
+     lambda c, _: _start_removes_leftovers(c), _no_leftovers),
 ]  # fmt: skip
 
 
@@ -254,10 +506,19 @@ def teachers(tmp_path_factory):
 
 
 def test_the_table_is_long_enough():
-    assert len(CASES) >= 15 and len({what for what, _, _ in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({what for what, _, _ in CASES}) == len(CASES)
+    assert SLOW <= {what for what, _, _ in CASES}
 
 
-@pytest.mark.parametrize("what,run,expected", CASES, ids=[c[0] for c in CASES])
+# Rows that start several processes (seconds each): in `make test`, not in `make test-fast`.
+SLOW = {"a config error in one of 2 processes", "a batch not divisible by the processes"}
+
+
+@pytest.mark.parametrize(
+    "what,run,expected",
+    [pytest.param(*c, marks=pytest.mark.slow) if c[0] in SLOW else c for c in CASES],
+    ids=[c[0] for c in CASES],
+)
 def test_bad_input(what, run, expected, tmp_path, teachers, capsys):
     ctx = Ctx(tmp_path, teachers)
     if callable(expected):

@@ -14,6 +14,8 @@ from detectron2.modeling import build_model
 from d2dist.config import get_cfg
 from d2dist.engine import argument_parser
 
+pytestmark = pytest.mark.slow  # a distillation run, exported and compared with plain Detectron2
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")
 DISTILL_CFG = os.path.join(SHAPES, "kd_faster_rcnn_R18_from_R50_FPN_1x.yaml")

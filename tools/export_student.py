@@ -20,15 +20,16 @@ import sys
 from detectron2.config import LazyConfig
 from detectron2.utils.logger import setup_logger
 
-from d2dist.config import ConfigError, get_cfg
+from d2dist.config import get_cfg, merge_config_file
 from d2dist.engine.export import export_lazy_student, export_student, run_checkpoint
+from d2dist.errors import ConfigError
 
 
 def _is_lazy(config_file: str) -> bool:
     """A LazyConfig .py file, or a LazyConfig run's config.yaml (what LazyConfig.save wrote)."""
     if config_file.endswith(".py"):
         return True
-    with open(config_file) as f:  # its top-level keys are lowercase (model, train, ...)
+    with open(config_file, errors="replace") as f:  # top-level keys lowercase (model, train...)
         text = f.read()
     return all(re.search(rf"(?m)^{key}:", text) for key in ("model", "train"))
 
@@ -61,13 +62,21 @@ def main(argv=None) -> int:
             )
         lazy = _is_lazy(config_file)
         if lazy:
-            cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), args.opts)
+            try:
+                cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), args.opts)
+            except Exception as e:  # a user's Python config: any exception is possible
+                raise ConfigError(
+                    f"could not load the LazyConfig {config_file!r} with overrides {args.opts}: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
             out_dir = cfg.train.output_dir
         else:
             cfg = get_cfg(*args.config_function)
             try:
-                cfg.merge_from_file(config_file)
+                merge_config_file(cfg, config_file, f"config {config_file!r}")
                 cfg.merge_from_list(args.opts)
+            except ConfigError:
+                raise
             except (KeyError, ValueError, AssertionError) as e:
                 raise ConfigError(
                     f"config {config_file!r}: {e} (a project's keys need --config-function "

@@ -11,10 +11,8 @@ d2dist/engine/lazy.py.
 
 import sys
 
-from detectron2.engine import default_argument_parser
-
 from d2dist.engine import launch_cli
-from d2dist.engine.lazy import lazy_main
+from d2dist.engine.lazy import lazy_argument_parser, lazy_main
 
 if __name__ == "__main__":
-    sys.exit(launch_cli(lazy_main, default_argument_parser().parse_args()))
+    sys.exit(launch_cli(lazy_main, lazy_argument_parser().parse_args()))

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -9,19 +10,22 @@ import tempfile
 from typing import Callable, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import ConfigError, get_cfg
+from ..config import get_cfg, merge_config_file
+from ..errors import ConfigError, DataError
 from .export import student_config
+from .record import allow_config_change
+from .runlock import lock_output_dir, release_output_dir
 from .subnormals import flush_subnormals, log_subnormal_mode
-from .trainer import StudentCheckpointer, Trainer, explained_load
+from .trainer import EvalCheckpointer, Trainer, explained_load, remove_partials
 
 __all__ = [
+    "add_run_arguments",
     "argument_parser",
     "evaluate",
     "evaluate_teacher",
@@ -40,6 +44,8 @@ logger = logging.getLogger(__name__)
 def _merge(cfg: CfgNode, merge: Callable, value, source: str) -> None:
     try:
         merge(value)
+    except ConfigError:
+        raise
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         hint = ""
         if "Non-existent config key" in str(e):
@@ -114,6 +120,49 @@ def _resolve_device(cfg: CfgNode, opts: Sequence[str]) -> None:
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, explicit, "MODEL.DEVICE")
 
 
+def _check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(
+            f"MODEL.DEVICE={device!r} is not a device PyTorch knows ({e}); use 'cpu', 'cuda' or "
+            "'cuda:N'."
+        ) from e
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"MODEL.DEVICE={device!r}: d2dist trains on 'cpu' or 'cuda' devices.")
+
+
+def _check_solver(cfg: CfgNode, training: bool) -> None:
+    """Values Detectron2 accepts but cannot run with (a zero period divides by zero mid-run)."""
+    s = cfg.SOLVER
+    checks = [
+        ("SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, s.IMS_PER_BATCH >= 1, "at least 1"),
+        ("SOLVER.CHECKPOINT_PERIOD", s.CHECKPOINT_PERIOD, s.CHECKPOINT_PERIOD >= 1,
+         "at least 1 (iterations between checkpoints)"),
+        ("TEST.EVAL_PERIOD", cfg.TEST.EVAL_PERIOD, cfg.TEST.EVAL_PERIOD >= 0,
+         ">= 0 (0: evaluate once, after the last iteration)"),
+    ]  # fmt: skip
+    if training:
+        checks += [
+            ("SOLVER.MAX_ITER", s.MAX_ITER, s.MAX_ITER >= 1, "at least 1 (iterations to train)"),
+            ("SOLVER.BASE_LR", s.BASE_LR, s.BASE_LR > 0, "> 0"),
+        ]
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: must be {expected}.")
+
+
+def check_batch_split(cfg: CfgNode, world_size: int) -> None:
+    """``SOLVER.IMS_PER_BATCH`` is split evenly between the processes of a run."""
+    if cfg.SOLVER.IMS_PER_BATCH % world_size:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} images per step cannot be split "
+            f"evenly between {world_size} processes (--num-gpus x --num-machines): use a multiple "
+            f"of {world_size}, e.g. SOLVER.IMS_PER_BATCH "
+            f"{max(world_size, cfg.SOLVER.IMS_PER_BATCH // world_size * world_size)}."
+        )
+
+
 def _check_datasets(cfg: CfgNode, training: bool) -> None:
     registered = set(DatasetCatalog.list())
     if training and not cfg.DATASETS.TRAIN:
@@ -178,9 +227,12 @@ def load_config(
         )
     register_coco_datasets(coco_datasets)
     cfg = get_cfg(*config_functions)
-    _merge(cfg, cfg.merge_from_file, config_file, f"config file {config_file!r}")
+    what = f"config file {config_file!r}"
+    _merge(cfg, lambda path: merge_config_file(cfg, path, what), config_file, what)
     _merge(cfg, cfg.merge_from_list, opts, "command-line overrides")
+    _check_device(cfg.MODEL.DEVICE)
     _resolve_device(cfg, opts)
+    _check_solver(cfg, training)
     _check_datasets(cfg, training=training)
     if training and cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ConfigError(
@@ -231,12 +283,17 @@ def setup(args) -> CfgNode:
     )
     # Before any computation starts PyTorch's thread pool (each thread inherits the mode).
     flushed = flush_subnormals(cfg.MODEL.DEVICE)
+    allow_config_change(getattr(args, "allow_config_change", False))
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
         raise ConfigError(
             "--eval-only needs trained weights: pass MODEL.WEIGHTS /path/to/model_final.pth, or "
             "--resume to evaluate the last checkpoint in OUTPUT_DIR."
         )
+    check_batch_split(cfg, comm.get_world_size())
     check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, training=not args.eval_only)
+    if comm.is_main_process():  # the run owns OUTPUT_DIR until it ends (train_or_eval)
+        lock_output_dir(cfg.OUTPUT_DIR)
+        remove_partials(cfg.OUTPUT_DIR)  # what an interrupted save of an earlier run left
     cfg.freeze()
     plain_text_logs()
     default_setup(cfg, args)
@@ -245,6 +302,16 @@ def setup(args) -> CfgNode:
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2dist")
     log_subnormal_mode(flushed)
     return cfg
+
+
+def add_run_arguments(parser) -> None:
+    """d2dist's options of every training entry point (yacs and LazyConfig)."""
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue the run even though its config (or its teacher's files) "
+        "differs from what its last checkpoint was trained with (listed otherwise, and refused)",
+    )
 
 
 def argument_parser():
@@ -268,11 +335,18 @@ def argument_parser():
         help="register a dataset in COCO format under NAME (annotations JSON, image directory), "
         "to name it in DATASETS.TRAIN / DATASETS.TEST. Repeat for several",
     )
+    add_run_arguments(parser)
     parser.add_argument(
         "--eval-teacher",
         action="store_true",
         help="before distilling, evaluate the teacher on DATASETS.TEST (results in "
-        "OUTPUT_DIR/teacher_eval/), so that a teacher that did not load is caught at once",
+        "OUTPUT_DIR/teacher_eval/), so that a teacher that did not load is caught at once: a "
+        "teacher scoring NaN or 0 stops the run",
+    )
+    parser.add_argument(
+        "--ignore-teacher-check",
+        action="store_true",
+        help="with --eval-teacher: train even if the teacher scores NaN or 0",
     )
     return parser
 
@@ -304,6 +378,11 @@ def evaluate_teacher(cfg: CfgNode, teacher=None, trainer=None) -> dict:
     from ..modeling.teacher import build_teacher
 
     _check_distiller_for_eval_teacher(cfg)
+    if not cfg.DATASETS.TEST:
+        raise ConfigError(
+            "--eval-teacher evaluates the teacher on DATASETS.TEST, which is empty: name the test "
+            "set(s), e.g. DATASETS.TEST \"('coco_2017_val',)\"."
+        )
     teacher = (teacher or build_teacher(cfg)).load()
     # A yacs teacher runs with its own test settings; a LazyConfig one with the student's
     # test-time resizing, in its own channel order.
@@ -324,6 +403,37 @@ def evaluate_teacher(cfg: CfgNode, teacher=None, trainer=None) -> dict:
     return results
 
 
+MAIN_METRICS = ("AP", "mIoU", "PQ")
+
+
+def check_teacher_results(results: dict, weights: str) -> None:
+    """Stop when the teacher's evaluation says it cannot teach: a main metric (AP, mIoU, PQ) that
+    is NaN ("No predictions from the model") or 0 for every task. Decided on the main process
+    (which has the results) and shared with the others, so every process stops."""
+    bad = None
+    if comm.is_main_process():
+        found = []
+
+        def walk(node, path):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, f"{path}/{k}" if path else str(k))
+            elif path.rsplit("/", 1)[-1] in MAIN_METRICS:
+                found.append((path, float(node)))
+
+        walk(results or {}, "")
+        useless = [(p, v) for p, v in found if math.isnan(v) or v == 0]
+        if not found or len(useless) == len(found):
+            bad = ", ".join(f"{p} = {v}" for p, v in found) or "no metric at all"
+    bad = comm.all_gather(bad)[0]
+    if bad:
+        raise ConfigError(
+            f"--eval-teacher: the teacher ({weights}) scores {bad} on DATASETS.TEST, so it cannot "
+            "teach: check MODEL.DISTILL.TEACHER.WEIGHTS (trained for this dataset, its classes in "
+            "the same order?) and its config. To train anyway, pass --ignore-teacher-check."
+        )
+
+
 def evaluate(cfg: CfgNode, resume: bool) -> dict:
     """``--eval-only``: evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, OUTPUT_DIR's last
     checkpoint). For a Distiller config only the student is built and loaded (from a Distiller
@@ -331,9 +441,7 @@ def evaluate(cfg: CfgNode, resume: bool) -> dict:
     distilled = cfg.MODEL.META_ARCHITECTURE == "Distiller"
     eval_cfg = student_config(cfg) if distilled else cfg
     model = Trainer.build_model(eval_cfg)
-    checkpointer = (StudentCheckpointer if distilled else DetectionCheckpointer)(
-        model, save_dir=cfg.OUTPUT_DIR
-    )
+    checkpointer = EvalCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     with explained_load(checkpointer, cfg.MODEL.WEIGHTS, resume):
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     return Trainer.test(eval_cfg, model)
@@ -345,25 +453,33 @@ def train_or_eval(cfg: CfgNode, args):
     With ``--eval-teacher`` a Distiller's teacher is evaluated first (:func:`evaluate_teacher`).
     Returns the evaluation results of the run (a dict of metrics per dataset).
     """
-    eval_teacher = getattr(args, "eval_teacher", False)  # on every rank: evaluation is sharded
-    if eval_teacher:
-        _check_distiller_for_eval_teacher(cfg)
-    if args.eval_only:
+    try:
+        eval_teacher = getattr(args, "eval_teacher", False)  # every rank: evaluation is sharded
         if eval_teacher:
-            evaluate_teacher(cfg)
-        return evaluate(cfg, args.resume)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)  # loads the teacher of a Distiller too
-    if eval_teacher:
-        evaluate_teacher(cfg, trainer.checkpointer.model.teacher_wrapper)
-    trainer.train()
-    # DefaultTrainer.train() returns them only when TEST.EXPECTED_RESULTS is set.
-    return trainer._last_eval_results
+            _check_distiller_for_eval_teacher(cfg)
+        check = not getattr(args, "ignore_teacher_check", False)
+        if args.eval_only:
+            if eval_teacher:
+                evaluate_teacher(cfg)
+            return evaluate(cfg, args.resume)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)  # loads the teacher of a Distiller too
+        if eval_teacher:
+            teacher = trainer.checkpointer.model.teacher_wrapper
+            results = evaluate_teacher(cfg, teacher)
+            if check:
+                check_teacher_results(results, teacher.weights)
+        trainer.train()
+        # DefaultTrainer.train() returns them only when TEST.EXPECTED_RESULTS is set.
+        return trainer._last_eval_results
+    finally:
+        release_output_dir(cfg.OUTPUT_DIR)  # taken by setup()
 
 
 def _cpu_processes(args) -> bool:
     """Whether ``--num-gpus N`` asks for N CPU processes: ``MODEL.DEVICE cpu`` (LazyConfig:
-    ``train.device=cpu``) on the command line of a machine without CUDA (Detectron2's launcher then uses the gloo backend).
+    ``train.device=cpu``) on the command line of a machine without CUDA (Detectron2's launcher
+    then uses the gloo backend).
     """
     opts = list(args.opts)
     devices = [v for k, v in zip(opts[::2], opts[1::2]) if k == "MODEL.DEVICE"]
@@ -396,16 +512,25 @@ def launch_cli(main: Callable, args) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except ConfigError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except (ConfigError, DataError) as e:
+        print(f"{prog}: error: {_last_message(str(e), type(e))}", file=sys.stderr)
         return 2
     except torch.multiprocessing.ProcessRaisedException as e:
-        # A worker's exception arrives as its formatted traceback; show a ConfigError's message
-        # alone, as for one process.
-        marker = f"{ConfigError.__module__}.{ConfigError.__name__}: "
+        # A worker's exception arrives as its formatted traceback; show a ConfigError's or
+        # DataError's message alone, as for one process.
         text = str(e)
-        if marker not in text:
-            raise
-        print(f"{prog}: error: {text[text.rindex(marker) + len(marker):].strip()}", file=sys.stderr)
-        return 2
+        for kind in (ConfigError, DataError):
+            if f"{kind.__module__}.{kind.__name__}: " in text:
+                print(f"{prog}: error: {_last_message(text, kind)}", file=sys.stderr)
+                return 2
+        raise
     return 0
+
+
+def _last_message(text: str, kind) -> str:
+    """The message of the innermost ``kind`` error in ``text`` (an exception re-raised from a
+    data-loading or training worker carries the worker's traceback in its message)."""
+    marker = f"{kind.__name__}: "
+    if "Traceback" in text and marker in text:
+        text = text[text.rindex(marker) + len(marker) :]
+    return text.strip()

@@ -10,7 +10,8 @@ from detectron2.config import CfgNode
 from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
-from ..config import ConfigError, config_defaults
+from ..config import config_defaults
+from ..errors import UNREADABLE_CHECKPOINT, ConfigError
 
 __all__ = [
     "export_lazy_student",
@@ -111,7 +112,14 @@ def _student_weights(checkpoint: str, output: str):
             "checkpoint (optimizer, scheduler, adapters) by the student alone. Write the student "
             "to another file, e.g. student.pth next to it."
         )
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except UNREADABLE_CHECKPOINT as e:  # a file that is not a checkpoint
+        raise ConfigError(
+            f"could not read checkpoint {checkpoint!r}: {type(e).__name__}: {str(e)[:300]}"
+        ) from e
+    if not isinstance(state, dict):
+        raise ConfigError(f"{checkpoint!r} is not a checkpoint (it holds a {type(state).__name__})")
     model_state = state.get("model", state)
     weights = {k[len(_PREFIX) :]: v for k, v in model_state.items() if k.startswith(_PREFIX)}
     if not weights:
@@ -121,6 +129,18 @@ def _student_weights(checkpoint: str, output: str):
         )
     dropped = sorted({k.split(".")[0] for k in model_state if not k.startswith(_PREFIX)})
     return weights, dropped
+
+
+def _strict_load(model, weights: dict, checkpoint: str) -> None:
+    """Load ``weights`` strictly into ``model``, a mismatch being a :class:`ConfigError`."""
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"the student weights of {checkpoint!r} do not fit the student of this config "
+            f"({str(e)[:600]}). Export with the run's own config: --run-dir OUTPUT_DIR, or the "
+            "--config-file and overrides the run was trained with."
+        ) from e
 
 
 def _write_atomically(files) -> None:
@@ -148,7 +168,7 @@ def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
         raise ConfigError("the LazyConfig's model is not a d2dist Distiller: no student to export")
     weights, dropped = _student_weights(checkpoint, output)
     model = instantiate(cfg.model.student)
-    model.load_state_dict(weights, strict=True)  # verify before writing anything
+    _strict_load(model, weights, checkpoint)  # verify before writing anything
     scfg = copy.deepcopy(cfg)
     scfg.model = cfg.model.student
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -191,7 +211,7 @@ def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str
     check.MODEL.DEVICE = "cpu"
     check.MODEL.WEIGHTS = ""
     model = build_model(check)
-    model.load_state_dict(weights, strict=True)
+    _strict_load(model, weights, checkpoint)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     scfg.MODEL.WEIGHTS = os.path.relpath(os.path.abspath(output))
     config_path = os.path.splitext(output)[0] + ".yaml"

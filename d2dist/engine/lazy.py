@@ -17,25 +17,37 @@ Distillers alike:
 import logging
 import os
 
+from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError
-from .defaults import check_output_dir, plain_text_logs, resolve_device
+from ..errors import ConfigError
+from .defaults import add_run_arguments, check_output_dir, plain_text_logs, resolve_device
+from .faults import CheckedMapper, PreemptionHook, save_last_complete
+from .record import allow_config_change, changes_allowed, check_resume, run_record, saved_record
+from .runlock import lock_output_dir, release_output_dir
 from .subnormals import flush_subnormals, log_subnormal_mode
 from .trainer import (
     AtomicCheckpointer,
-    StudentCheckpointer,
+    EvalCheckpointer,
     create_ddp_model,
     explained_load,
     initialise_student,
+    remove_partials,
 )
 
-__all__ = ["do_test", "do_train", "is_distiller_node", "lazy_main", "lazy_setup"]
+__all__ = [
+    "do_test",
+    "do_train",
+    "is_distiller_node",
+    "lazy_argument_parser",
+    "lazy_main",
+    "lazy_setup",
+]
 
 logger = logging.getLogger(__name__)
 _REQUIRED = ("model", "train")
@@ -51,6 +63,16 @@ def is_distiller_node(node) -> bool:
 
         target = locate(target)
     return isinstance(target, type) and issubclass(target, Distiller)
+
+
+def lazy_argument_parser():
+    """Detectron2's ``default_argument_parser`` (upstream's lazyconfig_train_net flags) plus
+    d2dist's run options (``--allow-config-change``)."""
+    from detectron2.engine import default_argument_parser
+
+    parser = default_argument_parser()
+    add_run_arguments(parser)
+    return parser
 
 
 def lazy_setup(args):
@@ -87,7 +109,11 @@ def lazy_setup(args):
         )
     _resolve_device(cfg, args.opts)
     flushed = flush_subnormals(cfg.train.device)  # before any computation (thread pool)
+    allow_config_change(getattr(args, "allow_config_change", False))
     check_output_dir(cfg.train.output_dir, resume=args.resume, training=not args.eval_only)
+    if comm.is_main_process():  # the run owns its output directory until it ends (lazy_main)
+        lock_output_dir(cfg.train.output_dir)
+        remove_partials(cfg.train.output_dir)  # what an interrupted save left
     plain_text_logs()
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2dist")
@@ -118,9 +144,7 @@ def _evaluate(cfg, resume: bool):
     distilled = is_distiller_node(cfg.model)
     model = instantiate(cfg.model.student if distilled else cfg.model)
     model.to(cfg.train.device)
-    checkpointer = (StudentCheckpointer if distilled else AtomicCheckpointer)(
-        model, save_dir=cfg.train.output_dir
-    )
+    checkpointer = EvalCheckpointer(model, save_dir=cfg.train.output_dir)
     weights = cfg.train.init_checkpoint
     if not weights and not resume:
         raise ConfigError(
@@ -132,6 +156,32 @@ def _evaluate(cfg, resume: bool):
     return do_test(cfg, create_ddp_model(model))
 
 
+def _checked_train_loader(cfg):
+    """``dataloader.train`` instantiated with its mapper inside :class:`CheckedMapper` (an unusable
+    image stops the run, named). The config itself is left as it is: other nodes may refer to
+    the mapper's place, as ``dataloader.test.mapper.image_format`` does in Detectron2's configs."""
+    train = cfg.dataloader.train
+    if "mapper" not in train:  # a loader of the user's own: its errors stop the run unnamed
+        logger.warning(
+            "dataloader.train has no 'mapper' node: d2dist cannot wrap it to name an unusable "
+            "image (a failing iteration still saves the last complete one before the run stops)."
+        )
+        return instantiate(train)
+    names = train.dataset.get("names", []) if "dataset" in train else []
+    original = train.mapper
+    # Resolved where it stands, then wrapped: its own interpolations keep their meaning.
+    mapper = (
+        OmegaConf.to_container(original, resolve=True)
+        if isinstance(original, DictConfig)
+        else original
+    )
+    train.mapper = L(CheckedMapper)(mapper=mapper, datasets=names)
+    try:
+        return instantiate(train)
+    finally:
+        train.mapper = original
+
+
 def do_train(args, cfg):
     """Train as upstream's ``do_train``, with d2dist's initialisation, DDP and checkpoints."""
     from ..modeling import Distiller
@@ -141,7 +191,7 @@ def do_train(args, cfg):
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = _checked_train_loader(cfg)
 
     ddp = dict(cfg.train.ddp)
     if getattr(model, "needs_find_unused_parameters", False):
@@ -156,6 +206,18 @@ def do_train(args, cfg):
         return results
 
     checkpointer = AtomicCheckpointer(wrapped, cfg.train.output_dir, trainer=trainer)
+    run_step = trainer.run_step
+
+    def checked_step():  # a failed iteration first saves the last complete one
+        try:
+            run_step()
+        except Exception:
+            if comm.is_main_process():
+                save_last_complete(trainer, checkpointer, trainer.start_iter)
+            raise
+
+    trainer.run_step = checked_step
+    preemption = PreemptionHook(checkpointer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -174,18 +236,30 @@ def do_train(args, cfg):
                 if comm.is_main_process()
                 else None
             ),
+            preemption,  # last: after the iteration's other hooks
         ]
     )
     weights = cfg.train.init_checkpoint
+    distiller = isinstance(model, Distiller)
     with explained_load(checkpointer, weights, args.resume) as resuming:
-        if isinstance(model, Distiller):
+        if distiller:
             model.load_teacher()
-        if isinstance(model, Distiller) and not resuming:
+        checkpointer.record = run_record(cfg, model.teacher_wrapper if distiller else None)
+        if resuming:  # only the same run, and its own checkpoint strictly
+            last = checkpointer.get_checkpoint_file()
+            check_resume(saved_record(last), checkpointer.record, last)
+            checkpointer.strict = not changes_allowed()  # else: logged
+            checkpointer.resume_or_load(weights, resume=True)
+            checkpointer.strict = False
+        elif distiller:
             initialise_student(model, weights, "train.init_checkpoint")
         else:
-            checkpointer.resume_or_load(weights, resume=args.resume)
+            checkpointer.resume_or_load(weights, resume=False)
     start_iter = trainer.iter + 1 if resuming else 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    finally:  # its handlers, even if an earlier hook's after_train failed
+        preemption.after_train()
     return dict(results)  # the last evaluation's (the EvalHook runs one after the last step)
 
 
@@ -195,6 +269,9 @@ def lazy_main(args):
     Returns the (last) evaluation results, a dict of metrics per task, as upstream prints them.
     """
     cfg = lazy_setup(args)
-    if args.eval_only:
-        return _evaluate(cfg, args.resume)
-    return do_train(args, cfg)
+    try:
+        if args.eval_only:
+            return _evaluate(cfg, args.resume)
+        return do_train(args, cfg)
+    finally:
+        release_output_dir(cfg.train.output_dir)  # taken by lazy_setup()

@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import weakref
+from typing import List, Optional
 
 import detectron2.data.transforms as T
 import torch
@@ -20,11 +21,14 @@ from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError
+from ..errors import UNREADABLE_CHECKPOINT, ConfigError, incompatible_keys
 from ..evaluation import build_evaluator
+from .faults import CheckedMapper, PreemptionHook, save_last_complete
+from .record import changes_allowed, check_resume, run_record, saved_record
 
 __all__ = [
     "AtomicCheckpointer",
+    "EvalCheckpointer",
     "create_ddp_model",
     "DistillationMixin",
     "explained_load",
@@ -38,19 +42,60 @@ __all__ = [
 _PARTIAL = ".partial"
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
-    """Detectron2's checkpointer, but a checkpoint appears only once it is completely written.
+def remove_partials(save_dir: str) -> List[str]:
+    """Delete what interrupted saves left in ``save_dir`` (``*.partial.pth``, the tag's
+    ``last_checkpoint.partial``); returns their names. Only for a directory this run owns."""
+    removed = []
+    if save_dir and os.path.isdir(save_dir):
+        for name in os.listdir(save_dir):
+            if name.endswith(_PARTIAL + ".pth") or name == "last_checkpoint" + _PARTIAL:
+                try:
+                    os.remove(os.path.join(save_dir, name))
+                    removed.append(name)
+                except FileNotFoundError:
+                    pass
+    if removed:
+        logging.getLogger(__name__).info(
+            f"Removed what interrupted saves left in {save_dir}: {removed}"
+        )
+    return removed
 
-    Each checkpoint is written as ``<name>.partial.pth`` and renamed to ``<name>.pth`` (an atomic
-    rename on one file system) before ``last_checkpoint`` is updated, itself by an atomic rename;
-    a run killed while saving leaves at most a ``.partial`` file and resumes from the previous
-    complete checkpoint.
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, but a checkpoint appears only once it is completely written,
+    records what it was trained with, and loads a run's own checkpoint strictly.
+
+    - Each checkpoint is written as ``<name>.partial.pth`` and renamed to ``<name>.pth`` (an
+      atomic rename on one file system) before ``last_checkpoint`` is updated, itself by an atomic
+      rename; a run killed while saving leaves at most a ``.partial`` file, which the next save
+      removes, and resumes from the previous complete checkpoint.
+    - ``record`` (set by the trainer: :func:`d2dist.engine.record.run_record`) is saved in every
+      checkpoint as its ``d2dist`` entry (:func:`d2dist.engine.record.saved_record` reads it).
+    - With ``strict`` (set when resuming), a checkpoint that does not fit the model (missing,
+      unexpected or mis-shaped keys) is a :class:`ConfigError` listing them, never a warning.
     """
 
+    record: Optional[dict] = None
+    strict: bool = False
+
     def save(self, name: str, **kwargs) -> None:
-        if self.save_dir and os.path.isdir(self.save_dir):
+        if self.save_dir and os.path.isdir(self.save_dir) and self.save_to_disk:
+            remove_partials(self.save_dir)
             name += _PARTIAL
+        if self.record is not None:
+            kwargs["d2dist"] = self.record
         super().save(name, **kwargs)
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        if not self.strict:
+            return super()._log_incompatible_keys(incompatible)
+        problems = incompatible_keys(incompatible)
+        if problems:
+            raise ConfigError(
+                f"the checkpoint being resumed does not fit the model of this config "
+                f"({'; '.join(problems)}). Resume with the run's own config (its OUTPUT_DIR's "
+                "config.yaml), or start a new run in another OUTPUT_DIR."
+            )
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not os.path.isdir(self.save_dir):  # a remote directory: Detectron2's own way
@@ -177,20 +222,62 @@ class DistillationMixin:
 
         return evaluate_teacher(cfg, teacher, trainer=cls)
 
+    def build_hooks(self):
+        """The trainer's hooks, then :class:`~d2dist.engine.faults.PreemptionHook` (last: on
+        SIGTERM / SIGINT a checkpoint of the iteration just completed, then the run ends)."""
+        return super().build_hooks() + [PreemptionHook(self.checkpointer)]
+
+    def run_step(self):
+        """One iteration; if it fails (a data fault, a non-finite loss, ...), the state of the
+        last complete iteration is saved before the error stops the run."""
+        try:
+            super().run_step()
+        except Exception:
+            if comm.is_main_process():
+                save_last_complete(self, self.checkpointer, self.start_iter)
+            raise
+
+    def train(self):
+        """Detectron2's training loop, owning ``OUTPUT_DIR`` while it runs (:mod:`.runlock`: a
+        second run into it is refused; d2dist's tools take the lock already at setup)."""
+        from .runlock import lock_output_dir, release_output_dir
+
+        if comm.is_main_process():
+            lock_output_dir(self.cfg.OUTPUT_DIR)
+        try:
+            return super().train()
+        finally:
+            for hook in self._hooks:  # its handlers, even if an earlier after_train failed
+                if isinstance(hook, PreemptionHook):
+                    hook.after_train()
+            release_output_dir(self.cfg.OUTPUT_DIR)
+
     def resume_or_load(self, resume=True):
         from ..modeling import Distiller
         from .defaults import check_output_dir
 
         check_output_dir(self.cfg.OUTPUT_DIR, resume=resume, training=True)  # never overwrite
         model = self.checkpointer.model  # unwrapped from DDP by the checkpointer
+        distiller = isinstance(model, Distiller)
         with explained_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume) as resuming:
-            if not isinstance(model, Distiller):
-                return super().resume_or_load(resume=resume)
-            model.load_teacher()
-            if resuming:
-                return super().resume_or_load(resume=resume)
-            initialise_student(model, self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-            self.start_iter = 0
+            if distiller:
+                model.load_teacher()
+            self.checkpointer.record = run_record(
+                self.cfg, model.teacher_wrapper if distiller else None
+            )
+            if resuming:  # only the same run, and its own checkpoint strictly
+                last = self.checkpointer.get_checkpoint_file()
+                check_resume(saved_record(last), self.checkpointer.record, last)
+                self.checkpointer.strict = not changes_allowed()  # else: logged
+                try:
+                    super().resume_or_load(resume=resume)
+                finally:
+                    self.checkpointer.strict = False
+            elif distiller:
+                initialise_student(model, self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+                self.start_iter = 0
+            else:
+                super().resume_or_load(resume=resume)
 
 
 def initialise_student(distiller: nn.Module, weights: str, key: str) -> None:
@@ -228,11 +315,13 @@ class Trainer(DistillationMixin, DefaultTrainer):
     def build_train_loader(cls, cfg):
         """Detectron2's loader; for semantic segmentation with ``INPUT.CROP``, with the DeepLab
         project's augmentations (:func:`sem_seg_train_augmentations`) as its train_net uses."""
-        mapper = None
         if cfg.INPUT.CROP.ENABLED and _student_meta_architecture(cfg) == "SemanticSegmentor":
-            mapper = DatasetMapper(
-                cfg, is_train=True, augmentations=sem_seg_train_augmentations(cfg)
-            )
+            augmentations = sem_seg_train_augmentations(cfg)
+            mapper = DatasetMapper(cfg, is_train=True, augmentations=augmentations)
+        else:
+            mapper = DatasetMapper(cfg, is_train=True)
+        # an image that cannot be used stops the run, named (d2dist.engine.faults)
+        mapper = CheckedMapper(mapper, cfg.DATASETS.TRAIN)
         try:
             return build_detection_train_loader(cfg, mapper=mapper)
         except AssertionError as e:  # Detectron2 asserts on empty datasets, with no key named
@@ -298,14 +387,29 @@ def sem_seg_train_augmentations(cfg):
 @contextlib.contextmanager
 def explained_load(checkpointer: DetectionCheckpointer, weights: str, resume: bool):
     """Around a ``resume_or_load``: yields whether it resumes (``resume`` and a checkpoint in
-    the save directory), and turns a failure to read the checkpoint it loads (that last one, or
-    ``weights``) into a :class:`ConfigError` naming the file."""
+    the save directory), and turns a failure to load the checkpoint it loads (that last one, or
+    ``weights``) into a :class:`ConfigError` naming the file: one that cannot be read (missing,
+    truncated, not a checkpoint), or whose state does not fit the model and optimizer."""
     resuming = resume and checkpointer.has_checkpoint()
     try:
         yield resuming
     except ConfigError:
         raise
-    except Exception as e:  # unreadable / corrupt files surface as many exception types
+    except (ValueError, KeyError) as e:  # the file read; its state does not fit (optimizer...)
+        what = "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS"
+        path = checkpointer.get_checkpoint_file() if resuming else weights
+        raise ConfigError(
+            f"{what} ({path!r}) was read, but its state does not fit the model and optimizer "
+            f"built from this config ({type(e).__name__}: {e}). "
+            + (
+                "The checkpoint is valid: resume with the run's own config (its config.yaml); "
+                "a changed model needs a new run (MODEL.WEIGHTS of that checkpoint starts its "
+                "student from it)."
+                if resuming
+                else "Give a checkpoint of this model."
+            )
+        ) from e
+    except UNREADABLE_CHECKPOINT as e:
         what = "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS"
         path = checkpointer.get_checkpoint_file() if resuming else weights
         raise ConfigError(
@@ -339,6 +443,36 @@ class StudentCheckpointer(DetectionCheckpointer):
                 del state[k]
             _strip_prefix_if_present(state, "student.")
         return super()._load_model(checkpoint)
+
+
+class EvalCheckpointer(StudentCheckpointer):
+    """Loads the weights an evaluation or an export runs on: strictly (a checkpoint that does not
+    fit the model is a :class:`ConfigError` naming the file, the model and the fix) and never
+    nothing (no file to load is an error too). The model given is the one evaluated (a plain
+    model, or a Distiller's student); a Distiller checkpoint gives its student's entries (that is
+    how a distilled run is evaluated, with either config), a plain checkpoint its own."""
+
+    def load(self, path: str, checkpointables=None):
+        if not path:
+            raise ConfigError(
+                f"there are no weights to evaluate: no MODEL.WEIGHTS and no checkpoint in "
+                f"{self.save_dir!r}. Pass MODEL.WEIGHTS (train.init_checkpoint) or --resume with "
+                "the OUTPUT_DIR of a run that saved checkpoints."
+            )
+        self._path = path
+        return super().load(path, checkpointables)
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        problems = incompatible_keys(incompatible)
+        if problems:
+            raise ConfigError(
+                f"{getattr(self, '_path', 'the checkpoint')!r} does not fit the "
+                f"{type(self.model).__name__} of this config ({'; '.join(problems)}), so its "
+                "weights would not be the ones evaluated. Evaluate a run's checkpoint with that "
+                "run's own config (its OUTPUT_DIR/config.yaml), a distilled student exported by "
+                "tools/export_student.py with its student.yaml, or a plain model's with its own "
+                "config."
+            )
 
 
 # Earlier names: Trainer now trains Distillers and plain models alike.

@@ -19,7 +19,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import UNREADABLE_CHECKPOINT, ConfigError, incompatible_keys
 from ..file_io import local_path
 
 __all__ = [
@@ -58,7 +58,17 @@ def build_meta_arch(cfg: CfgNode, name: str, key: str) -> nn.Module:
     cfg.defrost()
     cfg.MODEL.META_ARCHITECTURE = name
     cfg.freeze()
-    return META_ARCH_REGISTRY.get(name)(cfg)
+    try:
+        return META_ARCH_REGISTRY.get(name)(cfg)
+    except ConfigError:
+        raise
+    except (KeyError, AttributeError, AssertionError, ValueError, IndexError, TypeError) as e:
+        raise ConfigError(
+            f"{key}={name!r} cannot be built from this config ({type(e).__name__}: {e}). Is "
+            f"{name!r} the meta-architecture the config describes? (A Distiller config's "
+            "STUDENT_META_ARCHITECTURE must be its student's, e.g. 'RetinaNet' for a RetinaNet "
+            "config; it defaults to 'GeneralizedRCNN'.)"
+        ) from e
 
 
 def _teacher_config_path(cfg: CfgNode) -> str:
@@ -113,7 +123,7 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
 
     The teacher runs on the student's ``MODEL.DEVICE``.
     """
-    from ..config import apply_config_functions, config_defaults
+    from ..config import apply_config_functions, config_defaults, merge_config_file
 
     tcfg = cfg.MODEL.DISTILL.TEACHER
     path = _teacher_config_path(cfg)
@@ -127,8 +137,10 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
         teacher_cfg, tcfg.CONFIG_FUNCTIONS, "MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS names"
     )
     try:
-        teacher_cfg.merge_from_file(path)
+        merge_config_file(teacher_cfg, path, f"teacher config {path!r}")
         teacher_cfg.merge_from_list(list(tcfg.OPTS))
+    except ConfigError:
+        raise
     except (KeyError, ValueError, AssertionError) as e:
         hint = ""
         if "Non-existent config key" in str(e):
@@ -191,16 +203,7 @@ class _StrictCheckpointer(DetectionCheckpointer):
         self.key, self.source = key, source
 
     def _log_incompatible_keys(self, incompatible) -> None:
-        problems = []
-        if incompatible.missing_keys:
-            problems.append(f"missing in the checkpoint: {incompatible.missing_keys}")
-        if incompatible.unexpected_keys:
-            problems.append(f"not in the teacher model: {incompatible.unexpected_keys}")
-        if incompatible.incorrect_shapes:
-            shapes = [
-                f"{k}: checkpoint {a} vs model {b}" for k, a, b in incompatible.incorrect_shapes
-            ]
-            problems.append(f"shape mismatches: {shapes}")
+        problems = incompatible_keys(incompatible, "the teacher model", most=None)
         if problems:
             raise ConfigError(
                 f"{self.key} does not fit the teacher built from {self.source} "
@@ -282,6 +285,8 @@ class Teacher:
         self.channels_last = channels_last
         self.source = source
         self.cfg, self.lazy = cfg, lazy
+        self.config_path = ""  # the config file it was built from (set by build_teacher)
+        self.weights_sha256 = ""  # of the weights file, once loaded (the run record's)
         model.eval()
         model.requires_grad_(False)
         if channels_last:
@@ -319,7 +324,7 @@ class Teacher:
             checkpointer.load(weights)
         except ConfigError:
             raise
-        except Exception as e:  # unreadable / corrupt files surface as many exception types
+        except UNREADABLE_CHECKPOINT as e:
             raise ConfigError(
                 f"could not read MODEL.DISTILL.TEACHER.WEIGHTS={weights!r}: {type(e).__name__}: {e}"
             ) from e
@@ -327,6 +332,9 @@ class Teacher:
             self.model.to(memory_format=torch.channels_last)
         self.model.eval()
         self.loaded = True
+        from ..engine.record import file_sha256
+
+        self.weights_sha256 = file_sha256(weights)
         logger.info(
             f"Teacher: {type(self.model).__name__} from {self.source}, weights {weights} "
             f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M params)"
@@ -410,16 +418,20 @@ def build_teacher(cfg: CfgNode) -> Teacher:
                 f"{type(model).__name__}, not a torch.nn.Module."
             )
         model.to(device)
-        return Teacher(model, source=f"LazyConfig {t.CONFIG_FILE}", lazy=lazy, **common)
+        teacher = Teacher(model, source=f"LazyConfig {t.CONFIG_FILE}", lazy=lazy, **common)
+        teacher.config_path = _teacher_config_path(cfg)
+        return teacher
     teacher_cfg = load_teacher_config(cfg)
     model = build_meta_arch(
         teacher_cfg, teacher_cfg.MODEL.META_ARCHITECTURE, "teacher MODEL.META_ARCHITECTURE"
     )
     model.to(device)
-    return Teacher(
+    teacher = Teacher(
         model,
         input_format=teacher_cfg.INPUT.FORMAT,
         source=f"{teacher_cfg.MODEL.META_ARCHITECTURE} config {t.CONFIG_FILE}",
         cfg=teacher_cfg,
         **common,
     )
+    teacher.config_path = _teacher_config_path(cfg)
+    return teacher

@@ -19,6 +19,8 @@ from detectron2.engine import default_argument_parser
 from d2dist.config import ConfigError
 from d2dist.engine import argument_parser
 
+pytestmark = pytest.mark.slow  # LazyConfig training runs, one killed and resumed
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")
 VIT_TEACHER = os.path.join(SHAPES, "mask_rcnn_ViTDet_tiny_3x.py")
@@ -175,3 +177,27 @@ def test_lazy_config_errors_are_config_errors(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="train.device=cuda was given on the command line"):
             _lazy("--config-file", LAZY_STUDENT, "train.device=cuda")
+
+
+def test_the_training_mapper_is_checked_and_the_config_left_as_it_was(monkeypatch):
+    """The training loader's mapper names an unusable image (CheckedMapper), without moving the
+    mapper in the config: the test loader's image_format refers to its place."""
+    import d2dist.engine.lazy as lazy
+    from d2dist.engine.faults import CheckedMapper
+
+    made = []
+
+    class Recording(CheckedMapper):
+        def __init__(self, mapper, datasets):
+            super().__init__(mapper, datasets)
+            made.append(self)
+
+    monkeypatch.setattr(lazy, "CheckedMapper", Recording)
+    cfg = LazyConfig.load(LAZY_STUDENT)
+    cfg = LazyConfig.apply_overrides(cfg, LAZY_DATA)
+    lazy._checked_train_loader(cfg)
+    assert len(made) == 1 and made[0].datasets == ["d2dist_shapes_tiny_train"]
+    assert type(made[0].mapper).__name__ == "DatasetMapper"
+    assert cfg.dataloader.train.mapper._target_.__name__ == "DatasetMapper"
+    assert cfg.dataloader.test.mapper.image_format == cfg.dataloader.train.mapper.image_format
+    instantiate(cfg.dataloader.test)

@@ -1,0 +1,340 @@
+"""Faults injected into real training runs (subprocesses of tools/train_net.py): SIGTERM, two runs
+into one directory, a truncated image in the middle of a dataset, a changed config on --resume,
+and the pieces behind them (the run lock, the checked mapper, leftovers of interrupted saves)."""
+
+import json
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+from PIL import Image
+
+from d2dist.config import ConfigError, get_cfg
+from d2dist.engine.faults import CheckedMapper, PreemptionHook
+from d2dist.engine.runlock import LOCK_NAME, lock_output_dir, release_output_dir
+from d2dist.engine.trainer import remove_partials
+from d2dist.errors import DataError
+
+# Runs that are killed, locked, resumed or stopped by bad data, as subprocesses.
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+DISTILL_CFG = os.path.join(SHAPES, "mimic_faster_rcnn_R18_from_R50_FPN_1x.yaml")
+TEACHER_CFG = os.path.join(SHAPES, "faster_rcnn_R50_FPN_3x.yaml")
+TEACHER_OPTS = SHAPES_TINY_DATA[:2] + SHAPES_TEACHER_TINY
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    cfg = get_cfg()
+    cfg.merge_from_file(TEACHER_CFG)
+    cfg.merge_from_list(TEACHER_OPTS)
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("teacher") / "teacher.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    return path
+
+
+def _argv(teacher, out, *extra, flags=()):
+    return [
+        sys.executable, TRAIN_NET, *flags, "--config-file", DISTILL_CFG, *SHAPES_TINY_DATA,
+        *SHAPES_STUDENT_TINY, "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.BASE_LR", "0.002", "DATASETS.TEST", "()", "MODEL.DISTILL.MIMIC.WEIGHT", "0.01",
+        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher, "MODEL.DISTILL.TEACHER.OPTS", str(TEACHER_OPTS),
+        "OUTPUT_DIR", out, *extra,
+    ]  # fmt: skip
+
+
+def _iterations(out):
+    path = os.path.join(out, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)["iteration"] for line in f if '"total_loss"' in line]
+
+
+def _wait(predicate, proc, seconds=240):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_sigterm_saves_the_current_iteration_and_resume_continues_there(teacher, tmp_path):
+    out = str(tmp_path / "run")
+    # checkpoints far apart: only the signal can have saved one (metrics every 20 iterations)
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "400", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _wait(lambda: any(i >= 19 for i in _iterations(out)), proc), "no progress in time"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    with open(os.path.join(out, "log.txt")) as f:
+        assert "Received SIGTERM at iteration" in f.read()
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        name = f.read().strip()
+    saved = torch.load(os.path.join(out, name), weights_only=False)
+    stopped = saved["iteration"]
+    assert name == f"model_{stopped:07d}.pth" and stopped >= 19
+    assert not [f for f in os.listdir(out) if ".partial" in f]
+    # --resume continues at the next iteration (and ends at the new MAX_ITER)
+    done = subprocess.run(
+        _argv(teacher, out, "SOLVER.MAX_ITER", str(stopped + 3), "SOLVER.CHECKPOINT_PERIOD",
+              "1000", flags=["--resume"]),  # fmt: skip
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(out, "log.txt")) as f:
+        assert f"Starting training from iteration {stopped + 1}" in f.read()
+    assert max(_iterations(out)) == stopped + 2
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
+    assert final["iteration"] == stopped + 2
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused(teacher, tmp_path):
+    out = str(tmp_path / "run")
+    first = subprocess.Popen(_argv(teacher, out, "SOLVER.MAX_ITER", "400"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    lock = os.path.join(out, LOCK_NAME)
+    try:
+        assert _wait(lambda: os.path.isfile(lock) and os.path.getsize(lock) > 0, first)
+        second = subprocess.run(_argv(teacher, out, "SOLVER.MAX_ITER", "2"), capture_output=True,
+                                text=True)  # fmt: skip
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"OUTPUT_DIR '{out}' is in use by another run (process {first.pid}" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    # a killed run leaves no lock behind: the directory can be resumed at once
+    lock_output_dir(out)
+    release_output_dir(out)
+
+
+def test_the_lock_is_per_process_and_names_its_owner(tmp_path):
+    out = str(tmp_path)
+    script = (
+        "import sys, time; from d2dist.engine.runlock import lock_output_dir; "
+        f"lock_output_dir({out!r}); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"in use by another run \(process {holder.pid} on"):
+            lock_output_dir(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_output_dir(out)  # released by the end of its process
+    lock_output_dir(out)  # again in this process: nothing to do
+    release_output_dir(out)
+
+
+def _write_jpeg(path, size=(64, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(path, "JPEG")
+
+
+@pytest.fixture
+def coco_with_a_truncated_image(tmp_path):
+    """A COCO-format dataset of 24 images, one of them (the 20th) truncated half-way."""
+    images, annotations = [], []
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(24):
+        name = f"{i:03d}.jpg"
+        _write_jpeg(root / name, seed=i)
+        images.append({"id": i, "file_name": name, "height": 64, "width": 64})
+        annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 30, 24],
+                            "area": 720, "iscrowd": 0})  # fmt: skip
+    data = (root / "019.jpg").read_bytes()
+    (root / "019.jpg").write_bytes(data[: len(data) // 2])
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations,
+                               "categories": [{"id": 1, "name": "thing"}]}))  # fmt: skip
+    return str(ann), str(root), str(root / "019.jpg")
+
+
+def test_a_truncated_image_stops_the_run_naming_it_after_saving(
+    teacher, tmp_path, coco_with_a_truncated_image
+):
+    ann, root, bad = coco_with_a_truncated_image
+    out = str(tmp_path / "run")
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "200", "SOLVER.CHECKPOINT_PERIOD", "1000",
+                 "DATASETS.TRAIN", "('faulty',)", "SEED", "3")  # fmt: skip
+    argv[2:2] = ["--coco-dataset", "faulty", ann, root]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"train_net.py: error: training image {bad} of dataset 'faulty' cannot be used" in (
+        done.stderr
+    )
+    assert "image file is truncated" in done.stderr and "--resume" in done.stderr
+    assert "Traceback" not in done.stderr
+    # the state of the last complete iteration was saved, where the run met the image
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    met = re.search(r"The run stopped at iteration (\d+): saved (model_\d+)\.pth", log)
+    assert met, "the image came first (nothing to save yet): choose another SEED for this test"
+    stopped_at, name = int(met.group(1)), met.group(2)
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == f"{name}.pth"
+    saved = torch.load(os.path.join(out, f"{name}.pth"), weights_only=False)
+    assert saved["iteration"] == stopped_at - 1 >= 0
+
+
+def test_the_checked_mapper_names_each_kind_of_bad_image(tmp_path, coco_with_a_truncated_image):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    ann, root, bad = coco_with_a_truncated_image
+    if "checked_mapper_set" not in DatasetCatalog.list():
+        register_coco_instances("checked_mapper_set", {}, ann, root)
+    assert MetadataCatalog.get("checked_mapper_set").image_root == root
+
+    def read(d):
+        image = read_image(d["file_name"], "BGR")
+        if image.shape[:2] != (d["height"], d["width"]):
+            from detectron2.data.detection_utils import SizeMismatchError
+
+            raise SizeMismatchError(f"{image.shape[:2]} vs {(d['height'], d['width'])}")
+        return image
+
+    mapper = CheckedMapper(read, ["other", "checked_mapper_set"])
+    good = os.path.join(root, "000.jpg")
+    assert mapper({"file_name": good, "height": 64, "width": 64}).shape == (64, 64, 3)
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    _write_jpeg(os.path.join(root, "small.jpg"), size=(32, 32))
+    cases = [
+        (bad, "image file is truncated", "'checked_mapper_set'"),
+        (os.path.join(root, "gone.jpg"), "No such file", "'checked_mapper_set'"),
+        (os.path.join(root, "small.jpg"), "SizeMismatchError", "'checked_mapper_set'"),
+        (str(tmp_path / "junk.jpg"), "UnidentifiedImageError", "one of ['other', 'checked"),
+    ]
+    for path, what, dataset in cases:
+        with pytest.raises(DataError, match="cannot be used") as e:
+            mapper({"file_name": path, "height": 64, "width": 64})
+        message = str(e.value)
+        assert path in message and what in message and f"of dataset {dataset}" in message
+
+
+def test_resume_with_a_changed_config_lists_the_changes(teacher, tmp_path):
+    out = str(tmp_path / "run")
+    first = subprocess.run(_argv(teacher, out, "SOLVER.MAX_ITER", "2"), capture_output=True,
+                           text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    changed = [
+        "MODEL.DISTILL.MIMIC.WEIGHT",
+        "0.5",
+        "MODEL.DISTILL.MIMIC.IN_FEATURES",
+        "['p2', 'p3']",
+    ]
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "4", *changed, flags=["--resume"])
+    refused = subprocess.run(argv, capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    err = refused.stderr
+    assert "--resume would continue" in err and "with another configuration" in err
+    assert "MODEL.DISTILL.MIMIC.WEIGHT: 0.01 -> 0.5" in err
+    assert "MODEL.DISTILL.MIMIC.IN_FEATURES:" in err and "SOLVER.MAX_ITER" not in err
+    assert "The checkpoint is valid" in err and "delete" not in err
+    assert max(_iterations(out)) == 1  # nothing trained
+    # ... unless asked: it then continues with the new config (a structure it can load)
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "4", *changed[:2],
+                 flags=["--resume", "--allow-config-change"])  # fmt: skip
+    allowed = subprocess.run(argv, capture_output=True, text=True)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert max(_iterations(out)) == 3
+    # another structure (fewer levels: no adapters for p4-p6) cannot continue the run
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "6", *changed,
+                 flags=["--resume", "--allow-config-change"])  # fmt: skip
+    other = subprocess.run(argv, capture_output=True, text=True)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert (
+        "does not fit the model of this config (not in the model: ['terms.0.adapters.p4"
+        in (other.stderr)
+        or "does not fit the model and optimizer" in other.stderr
+    ), other.stderr[-2000:]
+    assert "delete" not in other.stderr
+    # a changed teacher file (its contents) is a change too
+    other_teacher = str(tmp_path / "other_teacher.pth")
+    state = torch.load(teacher, weights_only=False)
+    next(iter(state["model"].values())).add_(1.0)
+    torch.save(state, other_teacher)
+    swapped = _argv(other_teacher, out, "SOLVER.MAX_ITER", "6", *changed[:2], flags=["--resume"])
+    refused = subprocess.run(swapped, capture_output=True, text=True)
+    assert refused.returncode == 2 and "teacher weights (contents)" in refused.stderr
+
+
+def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
+    (tmp_path / "model_0000009.partial.pth").write_bytes(b"half")
+    (tmp_path / "last_checkpoint.partial").write_text("model_0000009.partial.pth")
+    (tmp_path / "model_0000004.pth").write_bytes(b"a complete one")
+    removed = remove_partials(str(tmp_path))
+    assert sorted(removed) == ["last_checkpoint.partial", "model_0000009.partial.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["model_0000004.pth"]
+
+
+def test_the_preemption_handler_leaves_forked_processes_their_sigterm():
+    """While training, SIGTERM only marks the run for a checkpoint; a process forked meanwhile (a
+    data-loading worker, the process pool of Cityscapes' loader) must still end on it, or its
+    parent's terminate() / join() hangs. The handlers are restored afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
+    hook = PreemptionHook(checkpointer=None)
+    hook.before_train()
+    try:
+        fork = multiprocessing.get_context("fork")
+        ready = fork.Event()
+
+        def sleeper():
+            ready.set()
+            time.sleep(60)
+
+        child = fork.Process(target=sleeper)
+        child.start()
+        assert ready.wait(20)  # running: a signal just at the fork would be Python's own race
+        child.terminate()
+        child.join(timeout=20)
+        assert child.exitcode == -signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # this process: noted, not ended
+        time.sleep(0.1)
+        assert hook._signal == signal.SIGTERM
+    finally:
+        hook.after_train()
+        hook.after_train()  # idempotent: the trainers call it again when their loop ends
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_the_run_record_of_a_lazy_config_is_the_same_in_every_process():
+    """A LazyConfig holds functions and classes (its _target_s): the record names them, so that a
+    resumed run in a new process compares equal (a repr would hold their memory addresses)."""
+    from detectron2.config import LazyConfig
+
+    from d2dist.engine.record import run_record
+
+    config = os.path.join(SHAPES, "mask_rcnn_R18_FPN_1x.py")
+    here = run_record(LazyConfig.load(config))["config"]
+    code = (
+        "import json, sys; from detectron2.config import LazyConfig; "
+        "from d2dist.engine.record import run_record; "
+        "print(json.dumps(run_record(LazyConfig.load(sys.argv[1]))['config']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, config], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    there = json.loads(done.stdout.strip().splitlines()[-1])
+    assert here == there
+    assert " at 0x" not in json.dumps(here)
+    targets = [v for k, v in here.items() if k.endswith("_target_")]
+    assert "detectron2.data.build.build_detection_train_loader" in targets
