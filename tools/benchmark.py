@@ -73,10 +73,10 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    from d2dist.config import ConfigError
     from d2dist.engine.benchmark import benchmark, machine_description
     from d2dist.engine.defaults import load_config
     from d2dist.engine.subnormals import flush_subnormals
+    from d2dist.errors import ConfigError
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     opts = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
