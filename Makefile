@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.d2dist-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo study test env clean-env
+.PHONY: demo study test test-fast gpu-check env clean-env
 .DELETE_ON_ERROR:
 
 # The stamp is remade (and pip re-run) only when the dependency files change.
@@ -17,12 +17,24 @@ env: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# The seeded accuracy study (about an hour on 2 cores): writes docs/results.md and its charts.
+# The seeded accuracy study (2 tasks, 69 runs: hours on 2 cores, see the README): writes
+# docs/results.md and its charts.
 study: $(STAMP)
 	$(PY) tools/study.py
 
+# Everything (CI runs this through .ci/run).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: all but the tests marked slow (training runs, subprocesses, several processes,
+# kill and resume, the study, full-size configs), on every core with one thread per process.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
+
+# The one GPU check (see docs/benchmarks.md); its results go to $(OUT).
+OUT ?= output/gpu_check
+gpu-check: $(STAMP)
+	bash tools/gpu_check.sh $(OUT)
 
 clean-env:
 	rm -rf $(VENV)

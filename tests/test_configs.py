@@ -27,7 +27,13 @@ def test_the_configs_are_found():
     assert "configs/Shapes-Detection/faster_rcnn_R50_FPN_3x.yaml" in CONFIGS
 
 
-@pytest.mark.parametrize("path", CONFIGS)
+def _layer(paths):
+    """The built-in dataset's configs build small models; the full-size ones (COCO, Cityscapes)
+    take seconds each on a CPU: they are in `make test`, not `make test-fast`."""
+    return [p if "/Shapes-" in p else pytest.param(p, marks=pytest.mark.slow) for p in paths]
+
+
+@pytest.mark.parametrize("path", _layer(CONFIGS))
 def test_config_loads_and_builds(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # configs name their teachers' configs by d2dist:// or model_zoo:
     cfg = get_cfg()
@@ -74,7 +80,7 @@ def test_the_lazy_configs_are_found():
     assert any(p.startswith("configs/COCO-InstanceSegmentation/") for p in LAZY_CONFIGS)
 
 
-@pytest.mark.parametrize("path", LAZY_CONFIGS)
+@pytest.mark.parametrize("path", _layer(LAZY_CONFIGS))
 def test_lazy_config_loads_and_builds(path, monkeypatch, tmp_path):
     from detectron2.config import LazyConfig, instantiate
 

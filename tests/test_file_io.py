@@ -61,6 +61,7 @@ def test_the_shipped_configs_name_the_demo_teacher():
         assert cfg.MODEL.DISTILL.TEACHER.WEIGHTS == DEMO_TEACHER, name
 
 
+@pytest.mark.slow
 def test_a_shipped_config_runs_from_outside_the_repository(tmp_path, monkeypatch):
     """kd_...yaml from another working directory: the teacher config through d2dist://, and its
     weights through d2dist:// too (a checkpoint this test writes, named relative to the checkout).

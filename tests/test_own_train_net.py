@@ -15,6 +15,8 @@ import torch
 from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
 from detectron2.engine import default_argument_parser
 
+pytestmark = pytest.mark.slow  # users' own train_net scripts run as processes of their own
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECTS = os.path.join(REPO, "tests", "projects")
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")

@@ -2,12 +2,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import d2dist
 from d2dist.config import add_distill_config, get_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_version_and_import_from_any_directory(tmp_path):
     assert d2dist.__version__.count(".") == 2
     out = subprocess.run(

@@ -15,6 +15,8 @@ from detectron2.modeling import build_model
 from d2dist.config import ConfigError, get_cfg
 from d2dist.engine import argument_parser
 
+pytestmark = pytest.mark.slow  # training runs of Detectron2 projects' models
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")
 POINT_REND = "detectron2.projects.point_rend.add_pointrend_config"

@@ -22,6 +22,8 @@ from torch import nn
 
 from d2dist.engine import argument_parser
 
+pytestmark = pytest.mark.slow  # training and official evaluation on datasets in the real layouts
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 128, 256
 

@@ -118,6 +118,7 @@ def test_plan_trains_each_teacher_once_then_every_method_per_seed(tmp_path):
     assert again[2].fingerprint == jobs[2].fingerprint
 
 
+@pytest.mark.slow
 def test_the_fingerprint_covers_the_code_that_trains(tmp_path, monkeypatch):
     """Changing any file of the package (here: a copy of it) changes every fingerprint."""
     import d2dist.study.planning as plan_module
@@ -162,6 +163,7 @@ def test_plan_rejects_unknown_tasks_methods_and_no_seeds(tmp_path):
         plan(["faster_rcnn"], ["baseline"], [], str(tmp_path), False, [])
 
 
+@pytest.mark.slow
 def test_the_tools_are_thin_and_fail_with_status_2_on_bad_arguments():
     for tool in ("study", "demo"):
         with open(os.path.join(REPO, "tools", f"{tool}.py")) as f:
@@ -275,6 +277,7 @@ def test_the_chart_legend_sits_beside_the_bars(tmp_path, monkeypatch):
 
 
 # ---- --quick, end to end (real runs of two iterations) ------------------------------------------
+@pytest.mark.slow
 def test_quick_study_trains_the_teacher_then_the_runs_and_writes_the_report(tmp_path):
     out, report = tmp_path / "runs", tmp_path / "report"
     jobs = study_main(["--quick", "--tasks", "faster_rcnn", "--seeds", "4", "5", "--methods",
@@ -310,6 +313,7 @@ def test_quick_study_trains_the_teacher_then_the_runs_and_writes_the_report(tmp_
         study_main(["--methods", "kd", "--seeds", "1", "--report-only", *args])
 
 
+@pytest.mark.slow
 def test_the_demo_runs_the_demo_defaults(monkeypatch):
     seen = {}
     monkeypatch.setattr("d2dist.study.cli.study_main",

@@ -12,6 +12,10 @@ from _tools import load_tool
 from d2dist.config import ConfigError
 from d2dist.engine import argument_parser, setup
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains and evaluates through train_net, in this process and in subprocesses
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 STUDENT_CFG = os.path.join(REPO, "configs", "Shapes-Detection", "faster_rcnn_R18_FPN_1x.yaml")

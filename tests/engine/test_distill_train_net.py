@@ -14,6 +14,10 @@ from _tools import load_tool
 from d2dist.config import get_cfg
 from d2dist.engine import DistillTrainer, Trainer, argument_parser, export_student
 
+pytestmark = (
+    pytest.mark.slow
+)  # distillation runs through train_net: resume, kill, export, two processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")
 TEACHER_CFG = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")

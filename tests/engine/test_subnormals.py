@@ -42,6 +42,7 @@ def _run(tmp_path, env_value):
     return report, proc.stderr, log
 
 
+@pytest.mark.slow
 def test_a_cpu_training_run_flushes_on_every_thread_and_says_so(tmp_path):
     report, _, log = _run(tmp_path, None)
     assert report == {"status": 0, "flushed": 1.0}
@@ -49,6 +50,7 @@ def test_a_cpu_training_run_flushes_on_every_thread_and_says_so(tmp_path):
     assert f"set {ENV_VAR}=0 to keep them" in log
 
 
+@pytest.mark.slow
 def test_a_cpu_run_keeps_subnormals_when_asked(tmp_path):
     report, _, log = _run(tmp_path, "0")
     assert report == {"status": 0, "flushed": 0.0}  # IEEE arithmetic: no thread flushes
