@@ -152,6 +152,15 @@ def test_quick_runs_never_share_the_study_directory():
     assert default_output_dir(True) != default_output_dir(False)
 
 
+def test_by_default_each_chosen_task_runs_all_its_own_methods(tmp_path):
+    jobs = plan(["retinanet"], None, [1], str(tmp_path), False, [])
+    assert [j.name for j in jobs] == ["retinanet/teacher"] + [
+        f"retinanet/{m.name}/seed1" for m in TASKS["retinanet"].methods
+    ]
+    both = plan(list(TASKS), None, [1], str(tmp_path), False, [])
+    assert len(both) == sum(1 + len(t.methods) for t in TASKS.values())
+
+
 def test_plan_rejects_unknown_tasks_methods_and_no_seeds(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown method\(s\) \['dsit'\]"):
         plan(["faster_rcnn"], ["dsit"], [1], str(tmp_path), False, [])

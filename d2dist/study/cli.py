@@ -44,8 +44,9 @@ def _parser(defaults: dict) -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", default=list(defaults.get("tasks", TASKS)),
                         help=f"detectors to study, of {list(TASKS)}")  # fmt: skip
     all_methods = list(dict.fromkeys(m for t in TASKS.values() for m in t.by_name))
-    parser.add_argument("--methods", nargs="+", default=list(defaults.get("methods", all_methods)),
-                        help="methods (of each task that has them)")  # fmt: skip
+    parser.add_argument("--methods", nargs="+", default=defaults.get("methods"),
+                        help=f"methods, of each task that has them (default: every method of "
+                        f"the tasks chosen), of {all_methods}")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=defaults.get("seeds", [1, 2, 3]))
     parser.add_argument("--quick", action="store_true", help="one seed, short schedules")
     parser.add_argument(

@@ -107,21 +107,21 @@ def fingerprint(config: str, opts: Sequence[str], teacher: str = "") -> str:
 
 def plan(
     tasks: Sequence[str],
-    methods: Sequence[str],
+    methods: Optional[Sequence[str]],
     seeds: Sequence[int],
     out_root: str,
     quick: bool,
     opts: Sequence[str],
 ) -> List[Job]:
     """The jobs of a study: per task, its teacher (when a method needs it), then each of
-    ``methods`` that the task has, per seed."""
+    ``methods`` that the task has (None: all of its methods), per seed."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     if not tasks:
         raise ConfigError("--tasks is empty; name at least one, e.g. --tasks faster_rcnn")
     offered = {m for t in tasks for m in TASKS[t].by_name}
-    unknown = [m for m in methods if m not in offered]
+    unknown = [m for m in methods or () if m not in offered]
     if unknown:
         raise ConfigError(
             f"unknown method(s) {unknown} for task(s) {list(tasks)}; choose from "
@@ -134,7 +134,11 @@ def plan(
     jobs: List[Job] = []
     for name in tasks:
         task = TASKS[name]
-        chosen = [task.by_name[m] for m in methods if m in task.by_name]
+        chosen = (
+            list(task.methods)
+            if methods is None
+            else [task.by_name[m] for m in methods if m in task.by_name]
+        )
         teacher_fp = ""
         if any(m.distill for m in chosen):
             teacher = Job(f"{name}/teacher", name, task.teacher, teacher_opts)
