@@ -17,7 +17,7 @@ env: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# The seeded accuracy study (2 tasks, 69 runs: hours on 2 cores, see the README): writes
+# The seeded accuracy study (2 tasks, 71 runs: about 1.5 hours on 2 cores, see the README): writes
 # docs/results.md and its charts.
 study: $(STAMP)
 	$(PY) tools/study.py
