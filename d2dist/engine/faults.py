@@ -12,6 +12,7 @@ current iteration, saves a checkpoint there (atomically) and exits with status 1
 ``--resume`` continues at the next iteration.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,7 +25,13 @@ from detectron2.utils import comm
 
 from ..errors import DataError
 
-__all__ = ["CheckedMapper", "Preempted", "PreemptionHook"]
+__all__ = [
+    "CheckedMapper",
+    "Preempted",
+    "PreemptionHook",
+    "save_last_complete",
+    "saving_last_complete",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +148,26 @@ def _device(trainer) -> torch.device:
     return next(model.parameters()).device
 
 
-def save_last_complete(trainer, checkpointer, start_iter: int):
-    """Save the state of the last iteration this run completed (when the current one fails), so
-    that an error mid-way loses no finished work; returns the checkpoint's name, or None when the
-    run completed no iteration yet. The model and optimizer are those after that iteration (an
-    iteration fails before its optimizer step: in its data, forward or backward)."""
+@contextlib.contextmanager
+def saving_last_complete(trainer, checkpointer):
+    """Around one iteration of ``trainer``: if it fails (a data fault, a non-finite loss, ...),
+    the main process saves the state of the last complete iteration before the error stops the
+    run, so that an error mid-way loses no finished work."""
+    try:
+        yield
+    except Exception:
+        if comm.is_main_process():
+            save_last_complete(trainer, checkpointer)
+        raise
+
+
+def save_last_complete(trainer, checkpointer):
+    """Save the state of the last iteration this run completed (when the current one fails);
+    returns the checkpoint's name, or None when the run completed no iteration yet. The model and
+    optimizer are those after that iteration (an iteration fails before its optimizer step: in
+    its data, forward or backward)."""
     last = trainer.iter - 1
-    if last < start_iter:
+    if last < trainer.start_iter:
         return None
     inner = getattr(trainer, "_trainer", None)
     current = trainer.iter

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .defaults import add_run_arguments, check_output_dir, plain_text_logs, resolve_device
-from .faults import CheckedMapper, PreemptionHook, save_last_complete
+from .faults import CheckedMapper, PreemptionHook, saving_last_complete
 from .record import allow_config_change, changes_allowed, check_resume, run_record, saved_record
 from .runlock import lock_output_dir, release_output_dir
 from .subnormals import flush_subnormals, log_subnormal_mode
@@ -209,12 +209,8 @@ def do_train(args, cfg):
     run_step = trainer.run_step
 
     def checked_step():  # a failed iteration first saves the last complete one
-        try:
+        with saving_last_complete(trainer, checkpointer):
             run_step()
-        except Exception:
-            if comm.is_main_process():
-                save_last_complete(trainer, checkpointer, trainer.start_iter)
-            raise
 
     trainer.run_step = checked_step
     preemption = PreemptionHook(checkpointer)

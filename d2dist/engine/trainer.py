@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UNREADABLE_CHECKPOINT, ConfigError, incompatible_keys
 from ..evaluation import build_evaluator
-from .faults import CheckedMapper, PreemptionHook, save_last_complete
+from .faults import CheckedMapper, PreemptionHook, saving_last_complete
 from .record import changes_allowed, check_resume, run_record, saved_record
 
 __all__ = [
@@ -230,12 +230,8 @@ class DistillationMixin:
     def run_step(self):
         """One iteration; if it fails (a data fault, a non-finite loss, ...), the state of the
         last complete iteration is saved before the error stops the run."""
-        try:
+        with saving_last_complete(self, self.checkpointer):
             super().run_step()
-        except Exception:
-            if comm.is_main_process():
-                save_last_complete(self, self.checkpointer, self.start_iter)
-            raise
 
     def train(self):
         """Detectron2's training loop, owning ``OUTPUT_DIR`` while it runs (:mod:`.runlock`: a
