@@ -54,6 +54,12 @@ SHAPES_TEACHER_TINY = _SHAPES_NORMS + [
     "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
 ]  # fmt: skip
+# The tiny built-in dataset for LazyConfig runs (configs/Shapes-Detection/*.py), as key=value.
+LAZY_TINY_DATA = [
+    "train.device=cpu", "dataloader.train.dataset.names=d2dist_shapes_tiny_train",
+    "dataloader.test.dataset.names=d2dist_shapes_tiny_val", "dataloader.train.total_batch_size=2",
+    "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+]  # fmt: skip
 SHAPES_STUDENT_TINY = _SHAPES_NORMS + [
     "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "16",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "16",
@@ -210,6 +216,45 @@ def distill_cfg(arch: str, teacher_cfg: str, teacher_weights: str, losses=("MIMI
     cfg.MODEL.DISTILL.LOSSES = list(losses)
     cfg.MODEL.DISTILL.MIMIC.IN_FEATURES = feature_names(arch)
     return cfg
+
+
+def save_random_weights(config_file: str, opts, path: str, seed: int = 0) -> str:
+    """Save the (random, seeded) weights of the plain Detectron2 model of a yacs config file with
+    ``KEY VALUE`` overrides ``opts``, as a checkpoint at ``path``; returns ``path``."""
+    from detectron2.config import get_cfg as d2_get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = d2_get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    torch.manual_seed(seed)
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    return path
+
+
+def extract_targets(model, batch):
+    """One step's targets of a Distiller (training mode, seeded) and its student's recorder."""
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    model.train()
+    with EventStorage(0):
+        with model.extractor.student_recorder() as rec:
+            model.student(batch)
+        return model.extractor.extract(batch, rec), rec
+
+
+def with_and_without_head_acclimation(cfg):
+    """Two Distillers of ``cfg`` built from the same seed: with DIST's head acclimation (DIST+,
+    ``ACCLIMATION.MODE head``) and without it."""
+    cfg = cfg.clone()
+    cfg.MODEL.DISTILL.ACCLIMATION.ENABLED = True
+    cfg.MODEL.DISTILL.ACCLIMATION.MODE = "head"
+    torch.manual_seed(0)
+    head = build_distiller(cfg)
+    cfg.MODEL.DISTILL.ACCLIMATION.ENABLED = False
+    torch.manual_seed(0)
+    return head, build_distiller(cfg)
 
 
 def build_distiller(cfg):

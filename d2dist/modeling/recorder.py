@@ -112,6 +112,10 @@ class Recorder:
         """The ``index``-th recorded positional inputs of ``path`` (default: the last call)."""
         return self._get(("in", path), index)
 
+    def ran(self, path: str) -> bool:
+        """Whether the recorded source ``path`` fired at least once (never an error)."""
+        return any(self.records.get((kind, path)) for kind in ("out", "in"))
+
     def all_outputs(self, path: str) -> list:
         return self._check(("out", path))
 

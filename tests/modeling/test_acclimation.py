@@ -2,7 +2,13 @@
 
 import pytest
 import torch
-from _tiny import build_distiller, distill_cfg, inputs, write_teacher
+from _tiny import (
+    build_distiller,
+    distill_cfg,
+    inputs,
+    with_and_without_head_acclimation,
+    write_teacher,
+)
 from detectron2.utils.events import EventStorage
 
 from d2dist.config import ConfigError
@@ -177,13 +183,7 @@ def _head_model(tmp_path, arch, **dist):
     cfg = distill_cfg(arch, *teacher, losses=("DIST",))
     for key, value in dist.items():
         cfg.MODEL.DISTILL.DIST[key] = value
-    cfg.MODEL.DISTILL.ACCLIMATION.ENABLED = True
-    cfg.MODEL.DISTILL.ACCLIMATION.MODE = "head"
-    torch.manual_seed(0)
-    head = build_distiller(cfg)
-    cfg.MODEL.DISTILL.ACCLIMATION.ENABLED = False
-    torch.manual_seed(0)
-    return head, build_distiller(cfg)
+    return with_and_without_head_acclimation(cfg)
 
 
 def _step(model, arch, iteration=0):

@@ -3,7 +3,7 @@ at feature resolution, the cross-head kind's structure, the DeepLab pooling chec
 
 import pytest
 import torch
-from _tiny import build_distiller, distill_cfg, inputs, tiny_cfg, write_teacher
+from _tiny import build_distiller, distill_cfg, extract_targets, inputs, tiny_cfg, write_teacher
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
@@ -27,15 +27,6 @@ def _step(model, batch, iteration=0):
     model.train()
     with EventStorage(iteration):
         return model(batch)
-
-
-def _extract(model, batch):
-    torch.manual_seed(0)
-    model.train()
-    with EventStorage(0):
-        with model.extractor.student_recorder() as rec:
-            model.student(batch)
-        return model.extractor.extract(batch, rec), rec
 
 
 def test_requests_merge_options_per_kind_in_order():
@@ -159,7 +150,7 @@ def test_the_gt_kind_maps_each_images_boxes_onto_the_levels(tmp_path):
     cfg = distill_cfg("faster_rcnn", *teacher, losses=["FGD"])
     model = build_distiller(cfg)
     batch = inputs("faster_rcnn")
-    targets, _ = _extract(model, batch)
+    targets, _ = extract_targets(model, batch)
     assert set(targets.gt) == {"p2", "p3", "p4", "p5"}
     p3 = targets.gt["p3"]
     assert p3.stride == 8 and p3.image_sizes == [(64, 64), (64, 64)]
@@ -193,7 +184,7 @@ def crosskd_model(tmp_path_factory):
 
 def test_cross_head_output_is_the_teachers_tail_on_the_aligned_student(crosskd_model):
     model = crosskd_model
-    targets, _ = _extract(model, inputs("retinanet"))
+    targets, _ = extract_targets(model, inputs("retinanet"))
     value = targets.cross_head
     t_head = model.teacher.head
     for branch, subnet, predictor in (("cls", t_head.cls_subnet, t_head.cls_score),

@@ -313,9 +313,12 @@ def _check_teacher_pooling(cfg, teacher_cfg, teacher: nn.Module) -> None:
     """A DeepLab teacher's ASPP pools image features with a kernel fixed by its own training crop
     (``INPUT.CROP.SIZE``); it runs on the student's training images, so they must be those crops.
     Checked here, before training, for a yacs teacher (its INPUT.CROP against the student's); for
-    every teacher, the ``pixel`` target kind checks the kernel against each step's images.
+    every teacher, the ``pixel`` target kind checks the kernel against each step's images. Only
+    the semantic head runs for pixel logits, so only its ASPPs count (a Panoptic-DeepLab
+    teacher's instance head does not run).
     """
-    if not any(isinstance(m, ASPP) and m.pool_kernel_size for m in teacher.modules()):
+    head = getattr(teacher, "sem_seg_head", None)
+    if head is None or not any(isinstance(m, ASPP) and m.pool_kernel_size for m in head.modules()):
         return
     if teacher_cfg is None:  # a LazyConfig teacher: no INPUT.CROP to compare here; the pixel
         return  # target kind checks the pooling kernel on every step's images instead

@@ -4,7 +4,9 @@ Built in (one file each): ``features`` (backbone levels by name), ``roi`` (box l
 student's RoIs), ``dense`` (RetinaNet / FCOS head logits per level), ``pixel`` (semantic logits),
 ``gt`` (the ground truth at each level's resolution) and ``cross_head`` (the student's head
 features through the frozen teacher's remaining head layers). A kind of your own: subclass
-:class:`TargetKind`, set ``name`` and register it in :data:`TARGET_KIND_REGISTRY`.
+:class:`TargetKind`, set ``name`` and register it in :data:`TARGET_KIND_REGISTRY`. A kind whose
+student tensors have one row per image and branch (TridentNet) pairs them with
+:func:`pair_batch` / :func:`repeat_batch`, as the built-in kinds do.
 """
 
 from . import cross_head, features, ground_truth, logits  # noqa: F401  registers the kinds
@@ -19,6 +21,9 @@ from .base import (
     check_feature_names,
     crop_to_common,
     leaf,
+    num_branches,
+    pair_batch,
+    repeat_batch,
 )
 from .cross_head import CrossHead
 from .extractor import TargetExtractor
@@ -41,5 +46,8 @@ __all__ = [
     "crop_to_common",
     "leaf",
     "natural_logit_target",
+    "num_branches",
+    "pair_batch",
+    "repeat_batch",
     "teacher_classifiers",
 ]

@@ -17,7 +17,9 @@ Per training step, for every requested kind (see :class:`~d2dist.modeling.target
    :class:`TeacherRun` computes the teacher's images and backbone features once for all kinds);
 3. :meth:`TargetKind.pair` forms the kind's value from the recorded student tensors and the
    teacher's outputs, with gradients enabled (a kind may run frozen teacher modules on student
-   tensors there, with gradients into the student: the cross-head kind);
+   tensors there, with gradients into the student: the cross-head kind). A student that runs k
+   branches per image and concatenates them along the batch (TridentNet) is paired branch by
+   branch with the teacher's tensors of the same images (:func:`pair_batch`);
 4. the terms compute their losses on the values. :meth:`TargetKind.leaf` gives the same value
    with its student tensors replaced by detached leaves, so that the benchmark times the terms
    alone for every kind.
@@ -45,6 +47,9 @@ __all__ = [
     "check_feature_names",
     "crop_to_common",
     "leaf",
+    "num_branches",
+    "pair_batch",
+    "repeat_batch",
 ]
 
 
@@ -194,6 +199,58 @@ def crop_to_common(s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
     """Crop two maps of one stride to their common top-left region (they differ by padding)."""
     h, w = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
     return s[..., :h, :w], t[..., :h, :w]
+
+
+def num_branches(
+    student_batch: int, teacher_batch: int, what: str, other: str = "the teacher"
+) -> int:
+    """How many rows the student has per teacher row of a tensor computed on the step's images:
+    1 when both have one row per image; k for a student that runs k branches per image and
+    concatenates them along the batch, branch-major (``[branch 0's images, branch 1's, ...]``:
+    TridentNet in training), whose every branch is paired with the teacher's rows of the same
+    images (:func:`repeat_batch`). Any other ratio cannot be paired: a :class:`ConfigError`.
+
+    ``what`` names the tensor in the message (e.g. "feature 'res4'"), ``other`` the side with
+    one row per image.
+    """
+    if student_batch == teacher_batch:
+        return 1
+    if teacher_batch > 0 and student_batch % teacher_batch == 0:
+        return student_batch // teacher_batch
+    if teacher_batch > student_batch:
+        why = (
+            f"Here {other} has more rows than the student: a teacher that runs several branches "
+            "per image in eval mode (TridentNet with MODEL.TRIDENT.TEST_BRANCH_IDX -1) cannot be "
+            "paired with a student of one row per image; make it run one branch (for TridentNet: "
+            "MODEL.DISTILL.TEACHER.OPTS ['MODEL.TRIDENT.TEST_BRANCH_IDX', '1'])."
+        )
+    else:
+        why = (
+            "Here it is not a whole multiple: the student's model must keep one row per image, "
+            "or k rows per image as k branches concatenated along the batch, branch-major."
+        )
+    raise ConfigError(
+        f"{what}: a batch of {student_batch} in the student and of {teacher_batch} in {other}, "
+        "on the same images. A student that runs k branches per image (TridentNet: [branch 0's "
+        "images, branch 1's, ...]) is paired branch by branch with the teacher's tensors of the "
+        f"same images, which needs k times the batch of {other}. " + why
+    )
+
+
+def repeat_batch(value, k: int):
+    """``value`` repeated ``k`` times along its batch, branch-major (``[x, x, ...]``): a tensor's
+    first dimension, or a list's items (per-image boxes, image sizes)."""
+    if k == 1:
+        return value
+    if isinstance(value, Tensor):
+        return value.repeat(k, *([1] * (value.dim() - 1)))
+    return list(value) * k
+
+
+def pair_batch(student: Tensor, teacher: Tensor, what: str) -> Tensor:
+    """The teacher's tensor with the student's rows: itself, or repeated once per student branch
+    (see :func:`num_branches`)."""
+    return repeat_batch(teacher, num_branches(student.shape[0], teacher.shape[0], what))
 
 
 def check_feature_names(names: Sequence[str], student: nn.Module, teacher: nn.Module, where: str):

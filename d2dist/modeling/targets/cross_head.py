@@ -97,7 +97,8 @@ class CrossHeadTargets(TargetKind):
     Options: the cuts ``k`` (ints): 0 is the FPN level itself; k > 0 the pre-activation output
     of the k-th stacked conv of each head branch. Checked at build: both networks have dense
     heads with levels of equal strides, the same anchors x classes per location and box outputs,
-    at least k convs per branch, and equal widths at the cut.
+    at least k convs per branch, and equal widths at the cut. A student whose head runs on
+    several rows per image (several branches per image) is refused at its first step.
     """
 
     name = "cross_head"
@@ -182,11 +183,22 @@ class CrossHeadTargets(TargetKind):
         return {"logits": outputs[0], "deltas": outputs[1], "stats": stats}
 
     def pair(self, batched_inputs, student_rec, teacher_out) -> CrossHead:
+        features = {
+            key: [args[0] for args in student_rec.all_inputs(path)]
+            for key, path in self._paths.items()
+        }
+        rows, images = next(iter(features.values()))[0].shape[0], len(batched_inputs)
+        if rows != images:
+            raise ConfigError(
+                f"cross-head distillation (CrossKD): the student's dense head ran on {rows} rows "
+                f"for the step's {images} images (a student with several branches per image, "
+                "e.g. a TridentNet-style backbone, or one that drops images). CrossKD assigns "
+                "each image's ground truth to the student's anchors, one row per image, so it "
+                "cannot pair such a student; use KD or DIST on the dense logits, or feature "
+                "terms (MIMIC, PKD, ...), which pair each branch with the teacher's image."
+            )
         return CrossHead(
-            student_features={
-                key: [args[0] for args in student_rec.all_inputs(path)]
-                for key, path in self._paths.items()
-            },
+            student_features=features,
             teacher_stats=teacher_out["stats"],
             teacher_logits=[x.float() for x in teacher_out["logits"]],
             teacher_deltas=[x.float() for x in teacher_out["deltas"]],

@@ -4,7 +4,13 @@ from typing import Dict, List, Tuple
 
 from torch import Tensor
 
-from .base import TARGET_KIND_REGISTRY, TargetKind, check_feature_names, crop_to_common
+from .base import (
+    TARGET_KIND_REGISTRY,
+    TargetKind,
+    check_feature_names,
+    crop_to_common,
+    pair_batch,
+)
 
 __all__ = ["FeatureTargets"]
 
@@ -12,7 +18,8 @@ __all__ = ["FeatureTargets"]
 @TARGET_KIND_REGISTRY.register()
 class FeatureTargets(TargetKind):
     """Backbone features by name: ``{name: (student, teacher)}``, each pair cropped to the
-    common top-left region (the two networks may pad the images differently).
+    common top-left region (the two networks may pad the images differently). A student level
+    with k branches per image (TridentNet) is paired with the teacher's level repeated k times.
 
     Options: the feature names, each produced by both backbones (checked at build).
     """
@@ -31,7 +38,9 @@ class FeatureTargets(TargetKind):
 
     def pair(self, batched_inputs, student_rec, teacher_out) -> Dict[str, Tuple[Tensor, Tensor]]:
         s_feats = student_rec.output("backbone")
-        return {
-            name: crop_to_common(s_feats[name], teacher_out[name].float().contiguous())
-            for name in self.options
-        }
+        out = {}
+        for name in self.options:
+            s = s_feats[name]
+            t = pair_batch(s, teacher_out[name].float().contiguous(), f"feature {name!r}")
+            out[name] = crop_to_common(s, t)
+        return out

@@ -11,7 +11,7 @@ from detectron2.structures import BitMasks, PolygonMasks
 from torch import Tensor
 
 from ...errors import ConfigError
-from .base import TARGET_KIND_REGISTRY, TargetKind
+from .base import TARGET_KIND_REGISTRY, TargetKind, num_branches, repeat_batch
 
 __all__ = ["GroundTruthTargets", "LevelGroundTruth"]
 
@@ -77,7 +77,9 @@ class GroundTruthTargets(TargetKind):
     """The ground truth at feature resolution: ``{level: LevelGroundTruth}``.
 
     Options: the level names (of the student's backbone: the student's strides place them). It
-    needs the annotations ('instances') of every training image; it runs no network.
+    needs the annotations ('instances') of every training image; it runs no network. Its lists
+    have one entry per row of the student's level: a student with k branches per image
+    (TridentNet) gets each image's ground truth once per branch, branch-major.
     """
 
     name = "gt"
@@ -93,6 +95,9 @@ class GroundTruthTargets(TargetKind):
             )
         self.strides = {name: shapes[name].stride for name in self.options}
 
+    def student_outputs(self) -> List[str]:
+        return ["backbone"]  # the rows of each level (one per image, or per image and branch)
+
     def pair(self, batched_inputs: Sequence[dict], student_rec, teacher_out) -> Dict[str, Any]:
         if any("instances" not in x for x in batched_inputs):
             raise ConfigError(
@@ -107,10 +112,18 @@ class GroundTruthTargets(TargetKind):
         sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
         has_masks = all(x["instances"].has("gt_masks") for x in batched_inputs)
         masks = [x["instances"].gt_masks for x in batched_inputs] if has_masks else None
-        return {
-            name: LevelGroundTruth(boxes, classes, sizes, stride, masks)
-            for name, stride in self.strides.items()
-        }
+        s_feats = student_rec.output("backbone")
+        out = {}
+        for name, stride in self.strides.items():
+            k = num_branches(
+                len(s_feats[name]), len(batched_inputs), f"ground truth at {name!r}",
+                "the ground truth",
+            )  # fmt: skip
+            out[name] = LevelGroundTruth(
+                repeat_batch(boxes, k), repeat_batch(classes, k), repeat_batch(sizes, k), stride,
+                None if masks is None else repeat_batch(masks, k),
+            )  # fmt: skip
+        return out
 
     def leaf(self, value):
         return value  # no student tensors

@@ -174,7 +174,12 @@ def feature_adapters(cfg_node, key: str, student, teacher) -> nn.ModuleDict:
 def resolve_logit_target(value: str, key: str, student: nn.Module) -> str:
     """``TARGET`` of a logit term; ``auto`` is the student's natural target (and is logged)."""
     if value == "auto":
-        target = natural_logit_target(student)
+        try:
+            target = natural_logit_target(student)
+        except ConfigError as e:
+            raise ConfigError(
+                f"MODEL.DISTILL.{key}.TARGET auto picks the student's logits, but {e}"
+            ) from e
         logger.info(f"MODEL.DISTILL.{key}.TARGET auto -> {target!r} ({type(student).__name__})")
         return target
     if value not in LOGIT_TARGETS:
