@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import ImageList
 from detectron2.utils.events import EventStorage
@@ -224,7 +225,7 @@ def benchmark(
         )
     if iters < 1 or warmup < 0:
         raise ConfigError(f"--iters must be >= 1 and --warmup >= 0; got {iters} and {warmup}.")
-    model = Trainer.build_model(cfg)
+    model = build_model(cfg)  # the Distiller (Trainer.build_model: the student, for evaluation)
     if not random_weights:  # as the trainer initialises a run
         model.load_teacher()
         with explained_load(StudentCheckpointer(model.student), cfg.MODEL.WEIGHTS, False):

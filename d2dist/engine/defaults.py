@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -22,7 +22,8 @@ from .export import student_config
 from .record import allow_config_change
 from .runlock import lock_output_dir, release_output_dir
 from .subnormals import flush_subnormals, log_subnormal_mode
-from .trainer import EvalCheckpointer, Trainer, explained_load, remove_partials
+from .trainer import EvalCheckpointer, Trainer, check_test_augmentation, explained_load
+from .trainer import remove_partials
 
 __all__ = [
     "add_run_arguments",
@@ -437,14 +438,26 @@ def check_teacher_results(results: dict, weights: str) -> None:
 def evaluate(cfg: CfgNode, resume: bool) -> dict:
     """``--eval-only``: evaluate ``MODEL.WEIGHTS`` (or, with ``resume``, OUTPUT_DIR's last
     checkpoint). For a Distiller config only the student is built and loaded (from a Distiller
-    checkpoint's ``student.`` entries, or a plain student checkpoint): no teacher is needed."""
+    checkpoint's student entries, or a plain student checkpoint): no teacher is needed. With
+    ``TEST.AUG.ENABLED`` the results of test-time augmentation follow (``<dataset>_TTA``)."""
     distilled = cfg.MODEL.META_ARCHITECTURE == "Distiller"
     eval_cfg = student_config(cfg) if distilled else cfg
+    if cfg.TEST.AUG.ENABLED:
+        check_test_augmentation(eval_cfg, Trainer)
     model = Trainer.build_model(eval_cfg)
     checkpointer = EvalCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     with explained_load(checkpointer, cfg.MODEL.WEIGHTS, resume):
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-    return Trainer.test(eval_cfg, model)
+    results = Trainer.test(eval_cfg, model)
+    if cfg.TEST.AUG.ENABLED:
+        results.update(Trainer.test_with_TTA(eval_cfg, model))
+    return results
+
+
+def _test_with_tta(trainer) -> dict:
+    results = trainer.test_with_TTA(trainer.cfg, trainer.model)
+    trainer._last_eval_results = {**(trainer._last_eval_results or {}), **results}
+    return results
 
 
 def train_or_eval(cfg: CfgNode, args):
@@ -464,6 +477,8 @@ def train_or_eval(cfg: CfgNode, args):
             return evaluate(cfg, args.resume)
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)  # loads the teacher of a Distiller too
+        if cfg.TEST.AUG.ENABLED:  # after the last iteration, after the plain evaluation
+            trainer.register_hooks([hooks.EvalHook(0, lambda: _test_with_tta(trainer))])
         if eval_teacher:
             teacher = trainer.checkpointer.model.teacher_wrapper
             results = evaluate_teacher(cfg, teacher)

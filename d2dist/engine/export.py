@@ -12,17 +12,19 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 from ..config import config_defaults
 from ..errors import UNREADABLE_CHECKPOINT, ConfigError
+from ..modeling.meta_arch.distiller import split_distiller_state
 
 __all__ = [
     "export_lazy_student",
     "export_student",
+    "for_evaluation",
+    "is_distiller_node",
     "plain_student_config",
     "run_checkpoint",
     "student_config",
 ]
 
 logger = logging.getLogger(__name__)
-_PREFIX = "student."
 
 
 def student_config(cfg: CfgNode) -> CfgNode:
@@ -37,6 +39,33 @@ def student_config(cfg: CfgNode) -> CfgNode:
     scfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
     scfg.MODEL.pop("DISTILL")
     return scfg
+
+
+def is_distiller_node(node) -> bool:
+    """Whether a LazyConfig node instantiates d2dist's Distiller (or a subclass)."""
+    from detectron2.utils.registry import locate
+    from omegaconf import DictConfig
+
+    from ..modeling import Distiller
+
+    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
+    if isinstance(target, str):
+        target = locate(target)
+    return isinstance(target, type) and issubclass(target, Distiller)
+
+
+def for_evaluation(cfg):
+    """What evaluation and prediction build: for a Distiller, its student alone (no teacher, none
+    of its files read; a Distiller checkpoint or a plain student checkpoint loads into it); any
+    other model as it is. ``cfg`` is a yacs config (returns :func:`student_config` of a
+    Distiller config) or a LazyConfig ``model`` node (returns its ``student`` node)::
+
+        model = build_model(d2dist.engine.for_evaluation(cfg))        # yacs
+        model = instantiate(d2dist.engine.for_evaluation(cfg.model))  # LazyConfig
+    """
+    if isinstance(cfg, CfgNode):
+        return student_config(cfg) if cfg.MODEL.META_ARCHITECTURE == "Distiller" else cfg
+    return cfg.student if is_distiller_node(cfg) else cfg
 
 
 def _plain(value):
@@ -98,8 +127,8 @@ def run_checkpoint(run_dir: str) -> str:
 
 
 def _student_weights(checkpoint: str, output: str):
-    """The ``student.*`` entries of a Distiller checkpoint (prefix removed) and the names of the
-    other top-level modules it held; refuses to write over the checkpoint itself."""
+    """The student's entries of a Distiller checkpoint (named as in the student alone) and the
+    names of the Distiller's own modules it held; refuses to write over the checkpoint itself."""
     if not os.path.isfile(checkpoint):
         raise ConfigError(f"checkpoint {checkpoint!r} does not exist")
     if os.path.isdir(output) or output.endswith(os.sep):
@@ -121,14 +150,23 @@ def _student_weights(checkpoint: str, output: str):
     if not isinstance(state, dict):
         raise ConfigError(f"{checkpoint!r} is not a checkpoint (it holds a {type(state).__name__})")
     model_state = state.get("model", state)
-    weights = {k[len(_PREFIX) :]: v for k, v in model_state.items() if k.startswith(_PREFIX)}
-    if not weights:
+    weights, dropped = split_distiller_state(model_state)
+    if not (dropped or _is_distiller_run(state.get("d2dist"))):
         raise ConfigError(
-            f"{checkpoint!r} holds no 'student.*' weights: it is not a checkpoint of a Distiller "
-            "run (a plain model's checkpoint needs no export)."
+            f"{checkpoint!r} is not a checkpoint of a Distiller run (it holds no distillation "
+            "terms' entries, nor a record of a Distiller config): a plain model's checkpoint "
+            "needs no export (it loads into the student as it is)."
         )
-    dropped = sorted({k.split(".")[0] for k in model_state if not k.startswith(_PREFIX)})
-    return weights, dropped
+    return dict(weights), dropped
+
+
+def _is_distiller_run(record) -> bool:
+    """Whether a checkpoint's run record (:mod:`.record`) is that of a Distiller config."""
+    config = (record or {}).get("config", {})
+    if config.get("MODEL.META_ARCHITECTURE") == "'Distiller'":
+        return True
+    target = config.get("model._target_", "")
+    return "Distiller" in target
 
 
 def _strict_load(model, weights: dict, checkpoint: str) -> None:
@@ -162,8 +200,6 @@ def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
     plain Detectron2 loads (``LazyConfig.load`` + ``instantiate(cfg.model)``)."""
     from detectron2.config import LazyConfig, instantiate
 
-    from .lazy import is_distiller_node
-
     if not is_distiller_node(cfg.model):
         raise ConfigError("the LazyConfig's model is not a d2dist Distiller: no student to export")
     weights, dropped = _student_weights(checkpoint, output)
@@ -193,8 +229,9 @@ def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
 def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str]:
     """Write the student's weights to ``output`` (.pth) and its config next to it (.yaml).
 
-    The weights are the ``student.*`` entries of a Distiller checkpoint, without the prefix:
-    no teacher, adapters or other training-only modules. They are checked by loading them
+    The weights are the student's entries of a Distiller checkpoint (see
+    :func:`~d2dist.modeling.meta_arch.distiller.split_distiller_state`): no teacher, adapters or
+    other training-only modules. They are checked by loading them
     strictly into a model built from the written config. The config is plain Detectron2
     (:func:`plain_student_config`) and names the weights by a path relative to the working
     directory. Both files appear only once completely written.

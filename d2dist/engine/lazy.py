@@ -27,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .defaults import add_run_arguments, check_output_dir, plain_text_logs, resolve_device
+from .export import for_evaluation, is_distiller_node
 from .faults import CheckedMapper, PreemptionHook, saving_last_complete
-from .record import allow_config_change, changes_allowed, check_resume, run_record, saved_record
+from .record import allow_config_change
 from .runlock import lock_output_dir, release_output_dir
 from .subnormals import flush_subnormals, log_subnormal_mode
 from .trainer import (
@@ -36,8 +37,8 @@ from .trainer import (
     EvalCheckpointer,
     create_ddp_model,
     explained_load,
-    initialise_student,
     remove_partials,
+    resume_or_load,
 )
 
 __all__ = [
@@ -51,18 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _REQUIRED = ("model", "train")
-
-
-def is_distiller_node(node) -> bool:
-    """Whether a LazyConfig node instantiates d2dist's Distiller."""
-    from ..modeling import Distiller
-
-    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
-    if isinstance(target, str):
-        from detectron2.utils.registry import locate
-
-        target = locate(target)
-    return isinstance(target, type) and issubclass(target, Distiller)
 
 
 def lazy_argument_parser():
@@ -141,8 +130,7 @@ def do_test(cfg, model):
 
 def _evaluate(cfg, resume: bool):
     """``--eval-only``: a Distiller's student alone, or the plain model."""
-    distilled = is_distiller_node(cfg.model)
-    model = instantiate(cfg.model.student if distilled else cfg.model)
+    model = instantiate(for_evaluation(cfg.model))
     model.to(cfg.train.device)
     checkpointer = EvalCheckpointer(model, save_dir=cfg.train.output_dir)
     weights = cfg.train.init_checkpoint
@@ -184,8 +172,6 @@ def _checked_train_loader(cfg):
 
 def do_train(args, cfg):
     """Train as upstream's ``do_train``, with d2dist's initialisation, DDP and checkpoints."""
-    from ..modeling import Distiller
-
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
@@ -235,22 +221,8 @@ def do_train(args, cfg):
             preemption,  # last: after the iteration's other hooks
         ]
     )
-    weights = cfg.train.init_checkpoint
-    distiller = isinstance(model, Distiller)
-    with explained_load(checkpointer, weights, args.resume) as resuming:
-        if distiller:
-            model.load_teacher()
-        checkpointer.record = run_record(cfg, model.teacher_wrapper if distiller else None)
-        if resuming:  # only the same run, and its own checkpoint strictly
-            last = checkpointer.get_checkpoint_file()
-            check_resume(saved_record(last), checkpointer.record, last)
-            checkpointer.strict = not changes_allowed()  # else: logged
-            checkpointer.resume_or_load(weights, resume=True)
-            checkpointer.strict = False
-        elif distiller:
-            initialise_student(model, weights, "train.init_checkpoint")
-        else:
-            checkpointer.resume_or_load(weights, resume=False)
+    resuming = args.resume and checkpointer.has_checkpoint()
+    resume_or_load(checkpointer, cfg.train.init_checkpoint, resume=args.resume, cfg=cfg)
     start_iter = trainer.iter + 1 if resuming else 0
     try:
         trainer.train(start_iter, cfg.train.max_iter)

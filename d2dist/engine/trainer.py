@@ -1,9 +1,11 @@
 """d2dist's trainers: Detectron2's DefaultTrainer, plus student-only initialisation for distillation."""
 
 import contextlib
+import contextvars
 import logging
 import os
 import weakref
+from collections import OrderedDict
 from typing import List, Optional
 
 import detectron2.data.transforms as T
@@ -12,6 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
+from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA
 from detectron2.projects.deeplab.build_solver import (
     build_lr_scheduler as build_deeplab_lr_scheduler,
 )
@@ -23,16 +26,22 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UNREADABLE_CHECKPOINT, ConfigError, incompatible_keys
 from ..evaluation import build_evaluator
+from ..modeling.meta_arch.distiller import split_distiller_state
+from .export import student_config
 from .faults import CheckedMapper, PreemptionHook, saving_last_complete
 from .record import changes_allowed, check_resume, run_record, saved_record
+from .schedule import schedule_from_config, schedulers_of
 
 __all__ = [
     "AtomicCheckpointer",
+    "check_test_augmentation",
     "EvalCheckpointer",
     "create_ddp_model",
+    "data_config",
     "DistillationMixin",
     "explained_load",
     "initialise_student",
+    "resume_or_load",
     "Trainer",
     "DistillTrainer",
     "StudentCheckpointer",
@@ -40,6 +49,7 @@ __all__ = [
 ]
 
 _PARTIAL = ".partial"
+logger = logging.getLogger(__name__)
 
 
 def remove_partials(save_dir: str) -> List[str]:
@@ -61,9 +71,31 @@ def remove_partials(save_dir: str) -> List[str]:
     return removed
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
+class StudentCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, for a plain model (e.g. a Distiller's student) that may be given
+    a Distiller checkpoint: then its student's entries are loaded (either layout, see
+    :class:`~d2dist.modeling.Distiller`) and the Distiller's own modules (the terms' adapters)
+    left out, with a log line instead of a warning about each of them. Plain student checkpoints
+    and Detectron2 / Caffe2 model-zoo files (with Detectron2's name matching) load as in
+    Detectron2. A Distiller model loads any of these itself (its ``load_state_dict``)."""
+
+    def _load_model(self, checkpoint):
+        from ..modeling import Distiller
+
+        state = checkpoint["model"]
+        _strip_prefix_if_present(state, "module.")  # saved from a DDP-wrapped model
+        if not isinstance(self.model, Distiller) and not hasattr(self.model, "terms"):
+            student, own = split_distiller_state(state)
+            if own:
+                logger.info(f"Loading the student of a Distiller checkpoint (leaving out {own})")
+                checkpoint["model"] = student
+        return super()._load_model(checkpoint)
+
+
+class AtomicCheckpointer(StudentCheckpointer):
     """Detectron2's checkpointer, but a checkpoint appears only once it is completely written,
-    records what it was trained with, and loads a run's own checkpoint strictly.
+    records what it was trained with, and loads a run's own checkpoint strictly. A plain model
+    given a Distiller checkpoint loads its student (:class:`StudentCheckpointer`).
 
     - Each checkpoint is written as ``<name>.partial.pth`` and renamed to ``<name>.pth`` (an
       atomic rename on one file system) before ``last_checkpoint`` is updated, itself by an atomic
@@ -112,9 +144,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
         with open(tag + _PARTIAL, "w") as f:
             f.write(last_filename_basename)
         os.replace(tag + _PARTIAL, tag)
-
-
-logger = logging.getLogger(__name__)
 
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
@@ -177,9 +206,15 @@ class DistillationMixin:
         if not logging.getLogger("d2dist").handlers:  # a project's own script: d2dist's messages
             setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2dist")
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        if cfg.TEST.AUG.ENABLED:
+            check_test_augmentation(cfg, type(self))
+        token = _BUILDING_TO_TRAIN.set(True)
+        try:
+            model = self.build_model(cfg)
+        finally:
+            _BUILDING_TO_TRAIN.reset(token)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader = self.build_train_loader(data_config(cfg))
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
@@ -214,6 +249,47 @@ class DistillationMixin:
         return clip_full_model(super().build_optimizer(cfg, model), clip.CLIP_VALUE, clip.NORM_TYPE)
 
     @classmethod
+    def build_model(cls, cfg):
+        """The model of ``cfg``, built by the trainer's other bases. For a Distiller config, the
+        Distiller when the trainer builds it to train; called from outside (as upstream
+        ``train_net.py``'s ``--eval-only`` does: ``Trainer.build_model(cfg)``, a checkpointer,
+        ``Trainer.test``), its student alone: what evaluation and prediction run. No teacher is
+        built and none of its files is needed; a Distiller checkpoint or a plain / exported
+        student checkpoint loads into it with any checkpointer (see
+        :class:`~d2dist.modeling.Distiller`)."""
+        if cfg.MODEL.META_ARCHITECTURE == "Distiller" and not _BUILDING_TO_TRAIN.get():
+            logger.info(
+                "Building the student of the Distiller config for evaluation (the teacher and the "
+                "distillation terms are used in training only)"
+            )
+            return super().build_model(student_config(cfg))
+        return super().build_model(cfg)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's ``test``, with the project's ``build_test_loader`` and ``build_evaluator``
+        given :func:`data_config` of ``cfg`` (a Distiller config as its student's)."""
+        return super().test(data_config(cfg), model, evaluators)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """``TEST.AUG``: evaluate with Detectron2's test-time augmentation
+        (``GeneralizedRCNNWithTTA``) of the model, or of a Distiller's student; results under
+        ``<dataset>_TTA`` keys, as upstream ``train_net.py`` reports them."""
+        student = _evaluated_model(model)
+        check_test_augmentation(cfg, cls, student)
+        logger.info("Running inference with test-time augmentation ...")
+        tta = GeneralizedRCNNWithTTA(data_config(cfg), student)
+        evaluators = [
+            cls.build_evaluator(
+                data_config(cfg), name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, tta, evaluators)
+        return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
+
+    @classmethod
     def evaluate_teacher(cls, cfg, teacher=None) -> dict:
         """``--eval-teacher`` in a project's own script: evaluate the teacher of the Distiller
         config ``cfg`` on ``cfg.DATASETS.TEST`` with this trainer's ``test`` (its own
@@ -224,8 +300,17 @@ class DistillationMixin:
 
     def build_hooks(self):
         """The trainer's hooks, then :class:`~d2dist.engine.faults.PreemptionHook` (last: on
-        SIGTERM / SIGINT a checkpoint of the iteration just completed, then the run ends)."""
-        return super().build_hooks() + [PreemptionHook(self.checkpointer)]
+        SIGTERM / SIGINT a checkpoint of the iteration just completed, then the run ends). The
+        hooks are built with :func:`data_config` as ``self.cfg`` (``TEST.PRECISE_BN`` builds a
+        train loader with the project's ``build_train_loader``); it is the run's config again
+        afterwards."""
+        cfg = self.cfg
+        self.cfg = data_config(cfg)
+        try:
+            built = super().build_hooks()
+        finally:
+            self.cfg = cfg
+        return built + [PreemptionHook(self.checkpointer)]
 
     def run_step(self):
         """One iteration; if it fails (a data fault, a non-finite loss, ...), the state of the
@@ -249,31 +334,136 @@ class DistillationMixin:
             release_output_dir(self.cfg.OUTPUT_DIR)
 
     def resume_or_load(self, resume=True):
-        from ..modeling import Distiller
+        """Detectron2's ``resume_or_load`` through d2dist's :func:`resume_or_load` (a Distiller's
+        teacher, its student's initialisation, a strict resume of the same run, the LR schedule
+        of this config); never over an earlier run's checkpoints without ``resume``."""
         from .defaults import check_output_dir
 
         check_output_dir(self.cfg.OUTPUT_DIR, resume=resume, training=True)  # never overwrite
-        model = self.checkpointer.model  # unwrapped from DDP by the checkpointer
-        distiller = isinstance(model, Distiller)
-        with explained_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume) as resuming:
-            if distiller:
-                model.load_teacher()
-            self.checkpointer.record = run_record(
-                self.cfg, model.teacher_wrapper if distiller else None
-            )
-            if resuming:  # only the same run, and its own checkpoint strictly
-                last = self.checkpointer.get_checkpoint_file()
-                check_resume(saved_record(last), self.checkpointer.record, last)
-                self.checkpointer.strict = not changes_allowed()  # else: logged
-                try:
-                    super().resume_or_load(resume=resume)
-                finally:
-                    self.checkpointer.strict = False
-            elif distiller:
-                initialise_student(model, self.cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-                self.start_iter = 0
-            else:
-                super().resume_or_load(resume=resume)
+        resuming = resume and self.checkpointer.has_checkpoint()
+        resume_or_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume=resume, cfg=self.cfg)
+        # Detectron2's: the trainer's iteration was restored with the checkpoint
+        self.start_iter = self.iter + 1 if resuming else 0
+
+
+_BUILDING_TO_TRAIN = contextvars.ContextVar("d2dist_building_to_train", default=False)
+
+
+def data_config(cfg):
+    """``cfg`` as a project's data and evaluation code should see it: a Distiller config with
+    its student's ``MODEL.META_ARCHITECTURE`` (projects choose their mapper from it, e.g.
+    DeepLab's and PointRend's ``build_train_loader`` test ``"SemanticSegmentor" in
+    cfg.MODEL.META_ARCHITECTURE``); every other key as it is. A plain config is returned as is."""
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        return cfg
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    out.freeze()
+    return out
+
+
+def _evaluated_model(model: nn.Module) -> nn.Module:
+    """What evaluation runs: ``model`` without DDP, and a Distiller's student."""
+    from ..modeling import Distiller
+
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return model.student if isinstance(model, Distiller) else model
+
+
+def check_test_augmentation(cfg, trainer: type, model: Optional[nn.Module] = None) -> None:
+    """``TEST.AUG.ENABLED`` needs a GeneralizedRCNN (Detectron2's test-time augmentation supports
+    nothing else): checked when the trainer is built, so that a run is not refused after it."""
+    student = cfg.MODEL.META_ARCHITECTURE
+    if student == "Distiller":
+        student = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    name = type(model).__name__ if model is not None else student
+    if (model is not None and not isinstance(model, GeneralizedRCNN)) or (
+        model is None and student != "GeneralizedRCNN"
+    ):
+        raise ConfigError(
+            f"TEST.AUG.ENABLED is True, but Detectron2's test-time augmentation "
+            f"(GeneralizedRCNNWithTTA) supports GeneralizedRCNN models only and the model "
+            f"evaluated is a {name}. Set TEST.AUG.ENABLED False."
+        )
+    if cfg.MODEL.KEYPOINT_ON or cfg.MODEL.LOAD_PROPOSALS:
+        raise ConfigError(
+            "TEST.AUG.ENABLED is True, but Detectron2's test-time augmentation supports neither "
+            "MODEL.KEYPOINT_ON nor MODEL.LOAD_PROPOSALS. Set TEST.AUG.ENABLED False."
+        )
+    if (
+        model is None
+        and cfg.MODEL.META_ARCHITECTURE == "Distiller"
+        and trainer.test_with_TTA.__func__ is not DistillationMixin.test_with_TTA.__func__
+    ):
+        raise ConfigError(
+            f"TEST.AUG.ENABLED is True for a Distiller, and {trainer.__name__} has a "
+            "test_with_TTA of its own, which the end of training would call with the Distiller "
+            "(Detectron2's GeneralizedRCNNWithTTA takes a GeneralizedRCNN only). Remove it: "
+            "DistillationMixin.test_with_TTA evaluates the student with test-time augmentation. "
+            "Or train with TEST.AUG.ENABLED False and evaluate with --eval-only TEST.AUG.ENABLED "
+            "True afterwards (Trainer.build_model then builds the student, which your "
+            "test_with_TTA augments)."
+        )
+
+
+def resume_or_load(checkpointer, weights: str, *, resume: bool, cfg=None) -> dict:
+    """``checkpointer.resume_or_load(weights, resume=resume)`` for plain models and Distillers:
+    the one way d2dist's trainers start or resume a run, and a drop-in for a project's own
+    training loop (upstream ``lazyconfig_train_net.py``, CenterNet2's ``train_net.py``).
+
+    - A Distiller's teacher is loaded (strictly, from its own source, once).
+    - Resuming (``resume`` and a checkpoint in the checkpointer's directory) restores the run:
+      the model (a Distiller's student and terms) and the checkpointer's other checkpointables
+      (optimizer, scheduler, trainer). The LR schedulers keep the settings built from this run's
+      config (:func:`~d2dist.engine.schedule.schedule_from_config`), so a larger
+      ``SOLVER.MAX_ITER`` extends a run with any scheduler.
+    - A new run initialises a Distiller's *student* from ``weights`` (an ImageNet backbone, a
+      plain student checkpoint, a Distiller checkpoint), then copies ``MODEL.DISTILL.INHERIT``
+      from the teacher; a plain model loads ``weights`` (a Distiller checkpoint: its student).
+    - With an :class:`AtomicCheckpointer` and ``cfg``, the checkpoints record the run
+      (:mod:`.record`) and a resume must be of the same run, loaded strictly.
+
+    A file that cannot be read or does not fit is a :class:`ConfigError` naming it. Returns what
+    the checkpointer's ``resume_or_load`` returns (the checkpoint's other entries, e.g.
+    ``iteration``; ``{}`` for a new run).
+    """
+    from ..modeling import Distiller
+
+    model = checkpointer.model  # unwrapped from DDP by the checkpointer
+    distiller = isinstance(model, Distiller)
+    atomic = isinstance(checkpointer, AtomicCheckpointer)
+    with explained_load(checkpointer, weights, resume) as resuming:
+        if distiller:
+            model.load_teacher()
+        if atomic and cfg is not None:
+            checkpointer.record = run_record(cfg, model.teacher_wrapper if distiller else None)
+        if resuming:  # only the same run, and its own checkpoint strictly
+            last = checkpointer.get_checkpoint_file()
+            if atomic and checkpointer.record is not None:
+                check_resume(saved_record(last), checkpointer.record, last)
+                checkpointer.strict = not changes_allowed()  # else: logged
+            schedulers = schedulers_of(checkpointer.checkpointables.values())
+            try:
+                with schedule_from_config(schedulers, _max_iter(cfg)):
+                    return checkpointer.resume_or_load(weights, resume=True)
+            finally:
+                if atomic:
+                    checkpointer.strict = False
+        if distiller:
+            key = "MODEL.WEIGHTS" if cfg is None or "SOLVER" in cfg else "train.init_checkpoint"
+            initialise_student(model, weights, key)
+            return {}
+        return checkpointer.resume_or_load(weights, resume=False)
+
+
+def _max_iter(cfg) -> Optional[int]:
+    if cfg is None:
+        return None
+    if "SOLVER" in cfg:
+        return cfg.SOLVER.MAX_ITER
+    return cfg.train.max_iter if "train" in cfg else None
 
 
 def initialise_student(distiller: nn.Module, weights: str, key: str) -> None:
@@ -418,27 +608,6 @@ def explained_load(checkpointer: DetectionCheckpointer, weights: str, resume: bo
                 else "."
             )
         ) from e
-
-
-class StudentCheckpointer(DetectionCheckpointer):
-    """Loads weights into a Distiller's student (the model given is the student).
-
-    Accepts plain student checkpoints, Detectron2 / Caffe2 model-zoo files (with Detectron2's
-    name matching) and checkpoints of a Distiller run, of which only the student's entries are
-    loaded (their ``student.`` prefix removed; adapters and other terms' modules left out).
-    """
-
-    def _load_model(self, checkpoint):
-        state = checkpoint["model"]
-        _strip_prefix_if_present(state, "module.")  # saved from a DDP-wrapped model
-        if any(k.startswith("student.") for k in state):
-            others = sorted({k.split(".")[0] for k in state if not k.startswith("student.")})
-            if others:
-                logger.info(f"Loading the student of a Distiller checkpoint (leaving out {others})")
-            for k in [k for k in state if not k.startswith("student.")]:
-                del state[k]
-            _strip_prefix_if_present(state, "student.")
-        return super()._load_model(checkpoint)
 
 
 class EvalCheckpointer(StudentCheckpointer):

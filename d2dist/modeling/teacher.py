@@ -347,9 +347,13 @@ class Teacher:
             raise TeacherNotLoadedError(
                 f"the teacher ({type(self.model).__name__} from {self.source}) was built but its "
                 f"weights ({self.weights!r}) were never loaded, so it cannot teach. Load them "
-                "before training: d2dist's trainers do it in resume_or_load (in your own trainer "
-                "class, add d2dist.engine.DistillationMixin as its first base; README, 'Using "
-                "d2dist in your project'), or call distiller.load_teacher() yourself."
+                "where your script loads the model's weights (README, 'Using d2dist in your "
+                "project'): a DefaultTrainer script (train_net.py), add "
+                "d2dist.engine.DistillationMixin as the first base of its trainer class; a "
+                "script that calls checkpointer.resume_or_load(...) itself (LazyConfig's "
+                "lazyconfig_train_net.py, a training loop of your own), call "
+                "d2dist.engine.resume_or_load(checkpointer, ...) instead, which also initialises "
+                "the student; or call distiller.load_teacher() before training."
             )
 
     def autocast_context(self):

@@ -91,7 +91,9 @@ def test_distillation_run_logs_terms_and_saves_no_teacher(distill_run):
     ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
     keys = ckpt["model"].keys()
     assert not any(k.startswith("teacher") for k in keys)
-    assert any(k.startswith("student.backbone") for k in keys)
+    # The student's entries under their own names (a plain model loads them), the terms' apart.
+    assert any(k.startswith("backbone.") for k in keys)
+    assert not any(k.startswith("student.") for k in keys)
     assert any(k.startswith("terms.0.adapters.p2") for k in keys)  # MIMIC's adapters are saved
     assert "optimizer" in ckpt["trainer"]["_trainer"] and "LRScheduler" in ckpt["trainer"]["hooks"]
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -183,7 +185,7 @@ def test_export_student_cli(distill_run, tmp_path):
 
 
 def test_export_refuses_a_plain_checkpoint(tmp_path, teacher_weights):
-    with pytest.raises(ValueError, match="holds no 'student.\\*' weights"):
+    with pytest.raises(ValueError, match="is not a checkpoint of a Distiller run"):
         export_student(
             _cfg(*_distill_opts(teacher_weights, str(tmp_path))),
             teacher_weights,
@@ -355,7 +357,8 @@ def _ddp_run(teacher_weights, tmp_path, *opts):
     for name in a:  # gradients were averaged: identical weights although the data differed
         assert torch.equal(a[name], b[name]), name
     final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
-    assert all(torch.equal(final[name], a[name]) for name in a)
+    # the checkpoint names the student's entries as the student alone does (no "student.")
+    assert all(torch.equal(final[name.removeprefix("student.")], a[name]) for name in a)
     return ranks
 
 
@@ -441,3 +444,37 @@ def test_the_trainer_patches_nothing_of_detectron2(teacher_weights, tmp_path):
     cfg = _cfg(*_distill_opts(teacher_weights, str(tmp_path / "run"), max_iter=1))
     Watching(cfg)
     assert seen == [True] and d2_defaults.create_ddp_model is original
+
+
+TTA = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(56, 64)", "TEST.AUG.MAX_SIZE", "100"]
+
+
+def test_test_time_augmentation_of_the_student(distill_run, teacher_weights, tmp_path):
+    """TEST.AUG evaluates the student with Detectron2's GeneralizedRCNNWithTTA: after training
+    (the results of both evaluations returned) and with --eval-only (was silently ignored)."""
+    out, opts, _ = distill_run
+    final = os.path.join(out, "model_final.pth")
+    evaluated = _main("--config-file", DISTILL_CFG, "--eval-only", *opts, *TTA,
+                      "MODEL.WEIGHTS", final, "OUTPUT_DIR", str(tmp_path / "eval"))  # fmt: skip
+    assert {"bbox", "bbox_TTA"} <= set(evaluated)
+    assert os.path.isdir(os.path.join(str(tmp_path / "eval"), "inference_TTA"))
+    trained = _main(
+        "--config-file",
+        DISTILL_CFG,
+        *_distill_opts(teacher_weights, str(tmp_path / "run"), max_iter=1),
+        *TTA,
+    )
+    assert {"bbox", "bbox_TTA"} <= set(trained)  # fmt: skip
+
+
+def test_test_time_augmentation_of_another_model_is_refused_before_training(tmp_path):
+    from d2dist.config import ConfigError
+
+    retinanet = os.path.join(CONFIGS, "retinanet_R18_FPN_1x.yaml")
+    with pytest.raises(ConfigError, match="supports GeneralizedRCNN models only.*RetinaNet"):
+        _main("--config-file", retinanet, *DATA, *STUDENT_TINY, *TTA, "SOLVER.MAX_ITER", "1",
+              "OUTPUT_DIR", str(tmp_path / "run"))  # fmt: skip
+    assert not os.path.exists(os.path.join(str(tmp_path / "run"), "last_checkpoint"))
+    with pytest.raises(ConfigError, match="supports GeneralizedRCNN models only"):
+        _main("--config-file", retinanet, "--eval-only", *DATA, *STUDENT_TINY, *TTA,
+              "MODEL.WEIGHTS", "whatever.pth", "OUTPUT_DIR", str(tmp_path / "eval"))  # fmt: skip
