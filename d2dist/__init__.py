@@ -1,6 +1,6 @@
 """d2dist: knowledge distillation for Detectron2 detection and segmentation models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 try:
     import detectron2  # noqa: F401

@@ -6,6 +6,7 @@ initialised from the plain checkpoint given (never left random), the run resumed
 and evaluation builds the student alone (the teacher's files may be gone). Unpatched, the
 Distiller refuses to train and names the fix."""
 
+import importlib.util
 import json
 import os
 
@@ -106,10 +107,33 @@ def test_upstream_lazyconfig_train_net_with_the_readme_s_lines(lazy_setup, tmp_p
     assert "bbox" in results
 
 
+def test_upstream_lazyconfig_train_net_with_load_teacher_alone(lazy_setup, tmp_path):
+    """A user who only adds ``model.load_teacher()`` to upstream's script: its own
+    ``checkpointer.resume_or_load(train.init_checkpoint)`` initialises the Distiller's student
+    (Detectron2's checkpointer, the Distiller's own load_state_dict)."""
+    distill, plain = lazy_setup
+    original = os.path.join(PROJECTS, SCRIPTS["tools/lazyconfig_train_net.py"])
+    with open(original) as f:
+        text = f.read()
+    line = "    model.to(cfg.train.device)\n    cfg.optimizer.params.model = model\n"
+    assert text.count(line) == 1
+    script = tmp_path / "lazyconfig_train_net.py"
+    script.write_text(text.replace(line, "    model.load_teacher()\n" + line))
+    spec = importlib.util.spec_from_file_location("user_lazy_load_teacher", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = str(tmp_path / "run")
+    module.main(_lazy_args(LAZY_DISTILL, out, *distill, "train.max_iter=1",
+                           f"train.init_checkpoint={plain}"))  # fmt: skip
+    expected = _params(torch.load(plain, weights_only=False)["model"])
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+    got = _params({k: v for k, v in final.items() if not k.startswith("terms.")})
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
 def test_upstream_lazyconfig_train_net_without_them_names_the_fix(lazy_setup, tmp_path):
     distill, plain = lazy_setup
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(
         "upstream_lazy", os.path.join(PROJECTS, SCRIPTS["tools/lazyconfig_train_net.py"])
     )

@@ -87,28 +87,38 @@ def _teacher_config_path(cfg: CfgNode) -> str:
             return model_zoo.get_config_file(path[len("model_zoo:") :])
         except RuntimeError as e:
             raise ConfigError(f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r}: {e}") from e
-    path = _local(path, "MODEL.DISTILL.TEACHER.CONFIG_FILE")
+    path = _local(path, "MODEL.DISTILL.TEACHER.CONFIG_FILE", _STUDENT_ALONE)
     if not os.path.isfile(path):
         raise ConfigError(
             f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r}"
             f"{_resolved(path, tcfg.CONFIG_FILE)} does not exist (working directory "
             f"{os.getcwd()}). Give a path to the teacher's config file (relative to the "
             "working directory), 'd2dist://<path>' for a file of the d2dist checkout, or "
-            "'model_zoo:<path>' for a config of Detectron2's model zoo."
+            "'model_zoo:<path>' for a config of Detectron2's model zoo." + _STUDENT_ALONE
         )
     return path
+
+
+# Building a Distiller needs its teacher's config (the terms' widths come from it); evaluating
+# and predicting need the student alone.
+_STUDENT_ALONE = (
+    " To evaluate or predict with the distilled student, no teacher file is needed: build "
+    "d2dist.engine.for_evaluation(cfg), the student's config (e.g. "
+    "DefaultPredictor(for_evaluation(cfg)); d2dist's tools and DistillationMixin's build_model "
+    "do so for evaluation)."
+)
 
 
 def _resolved(path: str, given: str) -> str:
     return f" (the file {path})" if path != given else ""
 
 
-def _local(path: str, key: str) -> str:
+def _local(path: str, key: str, hint: str = "") -> str:
     """A ``d2dist://`` path as the file of the checkout it names (see :mod:`d2dist.file_io`)."""
     try:
         return local_path(path)
     except FileNotFoundError as e:
-        raise ConfigError(f"{key}: {e}") from e
+        raise ConfigError(f"{key}: {e}{hint}") from e
 
 
 def is_lazy_config(path: str) -> bool:

@@ -163,6 +163,8 @@ def test_predicting_with_the_student_of_a_distillation_run(cfg, tmp_path):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # every box: something to compare
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = str(tmp_path / "nowhere.yaml")
     cfg.MODEL.DISTILL.TEACHER.WEIGHTS = str(tmp_path / "nowhere.pth")
+    with pytest.raises(ConfigError, match=r"does not exist.*DefaultPredictor\(for_evaluation"):
+        DefaultPredictor(cfg)  # the Distiller itself needs its teacher's config: says how not to
     predictor = DefaultPredictor(for_evaluation(cfg))
     assert type(predictor.model).__name__ == "GeneralizedRCNN"
     _same(predictor.model.state_dict(), distiller.student.state_dict())
