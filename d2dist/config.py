@@ -13,19 +13,24 @@ them is merged. d2dist takes them in two ways:
   teacher's config only (a teacher from another project than the student).
 """
 
+import difflib
 import importlib
-from typing import Callable, Iterable, List, Union
+import math
+from typing import Callable, Iterable, List, Sequence, Union
 
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from .errors import ConfigError
+from .errors import ConfigError, RunFault, os_error_cause
 
 __all__ = [
     "ConfigError",
+    "check_pixel_statistics",
+    "closest_key",
     "merge_config_file",
+    "merge_overrides",
     "add_distill_config",
     "add_fcos_config",
     "config_defaults",
@@ -308,13 +313,33 @@ def get_cfg(*config_functions: ConfigFunction) -> CN:
     return cfg
 
 
-def merge_config_file(cfg: CN, path: str, what: str) -> None:
-    """``cfg.merge_from_file(path)``, with the file's own faults as :class:`ConfigError` s that
-    name ``what`` (e.g. "config file 'x.yaml'"): invalid YAML, a top level that is not a mapping,
-    a missing ``_BASE_`` file, a ``_BASE_`` chain that loops. (Unknown keys and wrong value types
-    are the caller's to explain.)"""
+# The end of every message about a key or a value type.
+KEYS_AND_TYPES = (
+    "Keys and value types must be those of Detectron2's config (see detectron2/config/defaults.py) "
+    "or d2dist's MODEL.DISTILL (README)."
+)
+# What an unknown key may mean besides a typo (callers with more to say pass their own hint).
+PROJECT_KEYS = (
+    " A key of a Detectron2 project (PointRend, Panoptic-DeepLab, your own) needs that project's "
+    "config function applied before the file is merged (d2dist's tools: --config-function "
+    "MODULE.FUNCTION)."
+)
+# Files that Detectron2 would take for old (v1) configs and upgrade (detectron2.config.compat's
+# guess_version): their keys are left to that upgrade, not checked here.
+_V1_KEYS = ("MODEL.WEIGHT", "TEST.AUG_ON")
+
+
+def merge_config_file(cfg: CN, path: str, what: str, hint: str = PROJECT_KEYS) -> None:
+    """``cfg.merge_from_file(path)``, with every fault as a :class:`ConfigError` that names
+    ``what`` (e.g. "config file 'x.yaml'"): invalid YAML, a top level that is not a mapping, a
+    missing ``_BASE_`` file, a ``_BASE_`` chain that loops, and, checked before anything is merged,
+    an unknown key (with the closest valid key, then ``hint``) and a value of the wrong type (see
+    :func:`merge_overrides`)."""
     try:
-        cfg.merge_from_file(path)
+        loaded = CN.load_yaml_with_base(path, allow_unsafe=True)
+        if isinstance(loaded, dict) and _latest_version(cfg, loaded):
+            _check_tree(cfg, loaded, [], cfg, what, hint)
+        cfg.merge_from_file(path)  # (reads the file again: Detectron2's versions and upgrades)
     except RecursionError:
         raise ConfigError(
             f"{what}: its _BASE_ chain loops (a file is its own base, directly or through others); "
@@ -327,6 +352,11 @@ def merge_config_file(cfg: CN, path: str, what: str) -> None:
             f"{what}: the file {e.filename!r} it names (as _BASE_) does not exist; a _BASE_ path is "
             "relative to the file that names it."
         ) from e
+    except OSError as e:  # unreadable: a permission, a directory, a device error
+        raise RunFault(
+            f"{what}: could not read {e.filename or path!r}: {os_error_cause(e)}. Make the file "
+            "(and every file of its _BASE_ chain) readable for this user."
+        ) from e
     except AttributeError as e:
         if "has no attribute 'items'" not in str(e):
             raise
@@ -334,3 +364,180 @@ def merge_config_file(cfg: CN, path: str, what: str) -> None:
             f"{what} (or a file of its _BASE_ chain) is not a mapping of config keys ({e}): a "
             "config file holds `KEY: value` lines, e.g. `MODEL:` then indented keys."
         ) from e
+
+
+def merge_overrides(cfg: CN, opts: Sequence, where: str, hint: str = PROJECT_KEYS) -> None:
+    """``cfg.merge_from_list(opts)`` (``KEY VALUE`` pairs, as on a command line), each pair checked
+    first: an unknown key is a :class:`ConfigError` naming the closest valid key (then ``hint``),
+    and so is a value that is not of the key's type (yacs's rule: the type of the value the key
+    has, a list for a tuple and the reverse), with these additions: ``None`` for a number or a
+    flag, and a list whose items are not of the kind of the current items (numbers, strings).
+    ``where`` names the overrides in messages (e.g. "command-line overrides")."""
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(
+            f"{where}: {opts} is not a list of KEY VALUE pairs (it has an odd length); give each "
+            "key followed by its value."
+        )
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if not (cfg.key_is_deprecated(key) or cfg.key_is_renamed(key)):  # else yacs's handling
+            _check_pair(cfg, str(key), value, where, hint)
+        cfg.merge_from_list([key, value])  # one by one: a key may be given twice
+
+
+def _check_pair(cfg: CN, key: str, value, where: str, hint: str) -> None:
+    node, parts = cfg, key.split(".")
+    for part in parts[:-1]:
+        if not (isinstance(node, CN) and part in node):
+            break
+        node = node[part]
+    else:
+        if isinstance(node, CN) and parts[-1] in node:
+            _check_value(key, CN._decode_cfg_value(value), node[parts[-1]], where)
+            return
+        if isinstance(node, CN) and node.is_new_allowed():
+            return
+    _unknown(cfg, key, where, "Non-existent key", hint)
+
+
+def closest_key(cfg: CN, key: str) -> str:
+    """The key of ``cfg`` nearest to ``key`` (an unknown dotted key), "" when none is close: among
+    the keys under the deepest group ``key`` names correctly first, then among all of them."""
+    node, prefix = cfg, []
+    for part in key.split(".")[:-1]:
+        if not isinstance(node.get(part), CN):
+            break
+        node, prefix = node[part], prefix + [part]
+    for scope, names in ((node, prefix), (cfg, [])):
+        keys = _dotted_keys(scope, ".".join(names))
+        match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+        if match:
+            return match[0]
+    return ""
+
+
+def check_pixel_statistics(cfg: CN, where: str) -> None:
+    """``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` of ``cfg`` (``where``: whose config, for messages):
+    finite numbers, one per channel each, standard deviations > 0 (images are divided by them: a
+    zero makes every value infinite, and the first step NaN)."""
+    mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
+    if not all(_is_number(x) and math.isfinite(x) for x in mean):
+        raise ConfigError(
+            f"{where}: MODEL.PIXEL_MEAN={mean}: the channel means must be finite numbers."
+        )
+    if not all(_is_number(x) and math.isfinite(x) and x > 0 for x in std):
+        raise ConfigError(
+            f"{where}: MODEL.PIXEL_STD={std}: the channel standard deviations must be finite and "
+            "> 0 (the images are divided by them; use 1.0 for a channel not to be scaled, as "
+            "Detectron2's ImageNet-initialised configs do: [1.0, 1.0, 1.0])."
+        )
+    if len(mean) != len(std):
+        raise ConfigError(
+            f"{where}: MODEL.PIXEL_MEAN={mean} and MODEL.PIXEL_STD={std} must have one value per "
+            "image channel each (the same length)."
+        )
+
+
+def _check_tree(cfg: CN, tree: dict, path: List[str], node: CN, where: str, hint: str) -> None:
+    """The keys and values of a loaded config file (``tree``) against ``cfg`` (at ``node``)."""
+    for key, value in tree.items():
+        full = ".".join(path + [key])
+        if key not in node:
+            if node.is_new_allowed() or cfg.key_is_deprecated(full) or cfg.key_is_renamed(full):
+                continue  # yacs's own handling
+            _unknown(cfg, full, where, "Non-existent config key", hint)
+        value = CN._decode_cfg_value(value)
+        if isinstance(node[key], CN) and isinstance(value, dict):
+            _check_tree(cfg, value, path + [key], node[key], where, hint)
+        else:
+            _check_value(full, value, node[key], where)
+
+
+def _unknown(cfg: CN, key: str, where: str, words: str, hint: str) -> None:
+    close = closest_key(cfg, key)
+    close = f" The closest key is {close}." if close else ""
+    raise ConfigError(f"{where}: {words}: {key}. {KEYS_AND_TYPES}{close}{hint}")
+
+
+def _check_value(key: str, value, current, where: str) -> None:
+    """``value`` (decoded as yacs decodes it) for ``key``, whose value is ``current``."""
+    if current is None:
+        return  # yacs lets a key without a value take any
+    expected = _kind_of(current)
+    fix = ""
+    if isinstance(current, CN):
+        ok = isinstance(value, dict)
+    elif value is None:  # yacs lets None in; a number or flag cannot be None
+        ok = not isinstance(current, (int, float))
+    elif isinstance(current, (list, tuple)):
+        ok = isinstance(value, (list, tuple)) and _items_fit(value, current)
+    else:
+        ok = type(value) is type(current)
+        if isinstance(current, float) and type(value) is int:
+            fix = f": write {float(value)!r}"
+    if ok:
+        return
+    given = "None" if value is None else f"{value!r}, {_article(type(value).__name__)}"
+    if isinstance(value, (list, tuple)) and value:
+        given += f" of {', '.join(sorted({type(x).__name__ for x in value}))}"
+    raise ConfigError(
+        f"{where}: config key: {key} takes {expected} (like its current value, {current!r}), but "
+        f"was given {given}{fix}. {KEYS_AND_TYPES}"
+    )
+
+
+def _items_fit(value, current) -> bool:
+    """The items of a list for a key whose list holds only numbers (or only strings) are so too."""
+    for kind in (_is_number, lambda x: isinstance(x, str)):
+        if current and all(kind(x) for x in current):
+            return all(kind(x) for x in value)
+    return True
+
+
+def _kind_of(current) -> str:
+    if isinstance(current, CN):
+        return "a group of keys (a mapping)"
+    if isinstance(current, bool):
+        return "True or False"
+    if isinstance(current, (list, tuple)):
+        items = ""
+        if current and all(_is_number(x) for x in current):
+            items = " of numbers"
+        elif current and all(isinstance(x, str) for x in current):
+            items = " of strings"
+        return f"a list{items}"
+    return _article(type(current).__name__)
+
+
+def _article(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _dotted_keys(node: CN, prefix: str) -> List[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}.{key}" if prefix else key
+        keys.append(full)
+        if isinstance(value, CN):
+            keys += _dotted_keys(value, full)
+    return keys
+
+
+def _latest_version(cfg: CN, loaded: dict) -> bool:
+    """Whether Detectron2 merges the loaded file as a config of ``cfg``'s version (else it
+    upgrades an old one first, renaming keys: those are left to it)."""
+    if "VERSION" in loaded:
+        return loaded["VERSION"] == cfg.get("VERSION")
+    return not any(_has(loaded, key) for key in _V1_KEYS)
+
+
+def _has(tree: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not (isinstance(tree, dict) and part in tree):
+            return False
+        tree = tree[part]
+    return True

@@ -113,3 +113,18 @@ def _tool_error(tool, argv, capsys):
     err = re.sub(r"--- Logging error ---.*?^Arguments:.*?$", "", err, flags=re.S | re.M)
     assert "Traceback" not in err
     raise ConfigError(err)
+
+
+def _as_tool(ctx, capsys, *extra, config=DISTILL_CFG, flags=()):
+    """tools/train_net.py as a user runs it (through launch_cli): it must exit with status 2 and
+    print one message without a traceback, which is raised as a ConfigError for the row's check
+    (d2dist's other errors, DataError and RunFault, are printed alike)."""
+    from d2dist.engine import launch_cli
+
+    tool = load_tool("train_net")
+    args = argument_parser().parse_args([*flags, "--config-file", config, *ctx.opts(*extra)])
+    status = launch_cli(tool.main, args)
+    err = capsys.readouterr().err
+    err = re.sub(r"--- Logging error ---.*?^Arguments:.*?$", "", err, flags=re.S | re.M)
+    assert status == 2 and "Traceback" not in err, (status, err[-3000:])
+    raise ConfigError(err)

@@ -22,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from d2dist.config import get_cfg, merge_config_file
 from d2dist.engine.export import export_lazy_student, export_student, run_checkpoint
-from d2dist.errors import ConfigError
+from d2dist.errors import ConfigError, RunFault
 
 
 def _is_lazy(config_file: str) -> bool:
@@ -41,6 +41,11 @@ def main(argv=None) -> int:
     source.add_argument("--config-file", help="the Distiller config the run was trained with")
     parser.add_argument("--checkpoint", default="", help="default: the run's last checkpoint")
     parser.add_argument("--output", default="", help="default: <run dir>/student.pth")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier export at --output (refused otherwise)",
+    )
     parser.add_argument(
         "--config-function",
         action="append",
@@ -92,8 +97,8 @@ def main(argv=None) -> int:
             checkpoint = os.path.join(out_dir, "model_final.pth")
         output = args.output or os.path.join(run_dir, "student.pth")
         export = export_lazy_student if lazy else export_student
-        weights, config = export(cfg, checkpoint, output)
-    except (ConfigError, OSError) as e:
+        weights, config = export(cfg, checkpoint, output, overwrite=args.overwrite)
+    except (ConfigError, RunFault, OSError) as e:
         print(f"export_student.py: error: {e}", file=sys.stderr)
         return 2
     print(f"student weights: {weights}\nstudent config:  {config}")

@@ -1,5 +1,6 @@
 """The pieces of ``tools/train_net.py``: config set-up with validation, the run, the launcher."""
 
+import errno
 import json
 import logging
 import math
@@ -16,10 +17,13 @@ from detectron2.engine import default_argument_parser, default_setup, hooks, lau
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import get_cfg, merge_config_file
-from ..errors import ConfigError, DataError
+from ..config import check_pixel_statistics, get_cfg, merge_config_file, merge_overrides
+from ..data.checks import register_coco_format
+from ..errors import D2DIST_ERRORS, ConfigError, RunFault, os_error_cause
+from ..modeling.teacher import FLOAT16_ON_CPU
 from .export import student_config
 from .record import allow_config_change
+from .rundir import config_text, keeping_earlier_config, resume_target
 from .runlock import lock_output_dir, release_output_dir
 from .subnormals import flush_subnormals, log_subnormal_mode
 from .trainer import EvalCheckpointer, Trainer, check_test_augmentation, explained_load
@@ -42,21 +46,27 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+# What an unknown key of the student's config may mean besides a typo.
+_PROJECT_KEYS = (
+    " A key of a Detectron2 project (PointRend, Panoptic-DeepLab, your own) needs that project's "
+    "config function: pass --config-function MODULE.FUNCTION, e.g. --config-function "
+    "detectron2.projects.point_rend.add_pointrend_config (README, 'Using d2dist in your "
+    "project'). A dataset of your own in COCO format needs no key: --coco-dataset NAME "
+    "ANNOTATIONS.json IMAGE_DIR registers it."
+)
+
+
 def _merge(cfg: CfgNode, merge: Callable, value, source: str) -> None:
+    """``merge(value)``; what yacs itself still refuses (a renamed key, an assertion of a config
+    upgrade) as a :class:`ConfigError` naming ``source``. Unknown keys and wrong value types are
+    refused before, by :func:`~d2dist.config.merge_config_file` and
+    :func:`~d2dist.config.merge_overrides`, with the closest key and the expected type."""
     try:
         merge(value)
     except ConfigError:
         raise
     except (KeyError, ValueError, AssertionError, TypeError) as e:
-        hint = ""
-        if "Non-existent config key" in str(e):
-            hint = (
-                " A key of a Detectron2 project (PointRend, Panoptic-DeepLab, your own) needs "
-                "that project's config function: pass --config-function MODULE.FUNCTION, e.g. "
-                "--config-function detectron2.projects.point_rend.add_pointrend_config (README, "
-                "'Using d2dist in your project'). A dataset of your own in COCO format needs no "
-                "key: --coco-dataset NAME ANNOTATIONS.json IMAGE_DIR registers it."
-            )
+        hint = _PROJECT_KEYS if "Non-existent" in str(e) else ""
         raise ConfigError(
             f"{source}: {e}. Keys and value types must be those of Detectron2's config (see "
             f"detectron2/config/defaults.py) or d2dist's MODEL.DISTILL (README).{hint}"
@@ -65,13 +75,15 @@ def _merge(cfg: CfgNode, merge: Callable, value, source: str) -> None:
 
 def register_coco_datasets(datasets: Sequence[Sequence[str]]) -> None:
     """Register ``(name, annotations.json, image_dir)`` COCO-format datasets (``--coco-dataset``)
-    with Detectron2's ``register_coco_instances`` (evaluated by its COCOEvaluator).
+    as Detectron2's ``register_coco_instances`` does (evaluated by its COCOEvaluator), loaded by
+    :func:`d2dist.data.load_coco_format`: a file that cannot be used (invalid JSON, an image
+    without ``file_name``, an unknown ``category_id``) is a :class:`DataError` naming the entry,
+    and the records are checked when a trainer loads them (:mod:`d2dist.data.checks`).
 
     A name registered already with the same files is left as it is (each process of a
     multi-process run, or a second run in one process, registers again).
     """
     from detectron2.data import MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
 
     for name, json_file, image_root in datasets:
         for what, path, test in (("annotation file", json_file, os.path.isfile),
@@ -93,7 +105,7 @@ def register_coco_datasets(datasets: Sequence[Sequence[str]]) -> None:
                 f"--coco-dataset {name} ...: a dataset named {name!r} is registered already "
                 f"(json_file={getattr(meta, 'json_file', None)!r}); choose another name."
             )
-        register_coco_instances(name, {}, json_file, image_root)
+        register_coco_format(name, json_file, image_root)
         logger.info(f"Registered the COCO-format dataset {name!r}: {json_file}, {image_root}")
 
 
@@ -134,7 +146,8 @@ def _check_device(device: str) -> None:
 
 
 def _check_solver(cfg: CfgNode, training: bool) -> None:
-    """Values Detectron2 accepts but cannot run with (a zero period divides by zero mid-run)."""
+    """Values Detectron2 accepts but cannot run with (a zero period divides by zero mid-run).
+    Their types were checked when they were merged (:func:`~d2dist.config.merge_overrides`)."""
     s = cfg.SOLVER
     checks = [
         ("SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, s.IMS_PER_BATCH >= 1, "at least 1"),
@@ -146,11 +159,28 @@ def _check_solver(cfg: CfgNode, training: bool) -> None:
     if training:
         checks += [
             ("SOLVER.MAX_ITER", s.MAX_ITER, s.MAX_ITER >= 1, "at least 1 (iterations to train)"),
-            ("SOLVER.BASE_LR", s.BASE_LR, s.BASE_LR > 0, "> 0"),
+            (
+                "SOLVER.BASE_LR",
+                s.BASE_LR,
+                math.isfinite(s.BASE_LR) and s.BASE_LR > 0,
+                "> 0 (and finite)",
+            ),
         ]
     for key, value, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{key}={value!r}: must be {expected}.")
+
+
+def _check_teacher_autocast(cfg: CfgNode) -> None:
+    """A Distiller's ``TEACHER.AUTOCAST`` on the (resolved) device of the run."""
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        return
+    autocast = cfg.MODEL.DISTILL.TEACHER.AUTOCAST
+    if autocast == "float16" and torch.device(cfg.MODEL.DEVICE).type == "cpu":
+        raise ConfigError(
+            f"MODEL.DISTILL.TEACHER.AUTOCAST={autocast!r} with MODEL.DEVICE="
+            f"{cfg.MODEL.DEVICE!r}: {FLOAT16_ON_CPU}"
+        )
 
 
 def check_batch_split(cfg: CfgNode, world_size: int) -> None:
@@ -182,25 +212,30 @@ def _check_datasets(cfg: CfgNode, training: bool) -> None:
 
 
 def check_output_dir(out: str, resume: bool, training: bool) -> None:
-    """``out`` must be a writable directory, and a training run without ``resume`` must not find
-    an earlier run's checkpoints there (Detectron2 would overwrite them)."""
+    """``out`` must be a writable directory; a training run without ``resume`` must not find an
+    earlier run's checkpoints there (Detectron2 would overwrite them), and one with ``resume``
+    must find the one to continue (:func:`~d2dist.engine.rundir.resume_target`)."""
     try:
         os.makedirs(out, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        with tempfile.TemporaryFile(dir=out) as probe:  # room for a start: 1 MiB
+            probe.write(b"\0" * (1 << 20))
+            probe.flush()
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunFault(
+                f"OUTPUT_DIR {out!r}: {os_error_cause(e)}, so the run could write neither its "
+                "config nor a checkpoint; nothing was written. Free space there, or choose an "
+                "OUTPUT_DIR on another disk."
+            ) from e
         raise ConfigError(
-            f"OUTPUT_DIR {out!r} is not a writable directory ({e.strerror or e}). Pass one that "
-            "is, e.g. `OUTPUT_DIR ./output/my_run` at the end of the command line (LazyConfig: "
-            "train.output_dir=./output/my_run)."
+            f"OUTPUT_DIR {out!r} is not a writable directory ({os_error_cause(e)}). Pass one "
+            "that is, e.g. `OUTPUT_DIR ./output/my_run` at the end of the command line "
+            "(LazyConfig: train.output_dir=./output/my_run)."
         ) from e
-    # Detectron2 would silently overwrite an earlier run's checkpoints: refuse instead.
-    if training and not resume and os.path.exists(os.path.join(out, "last_checkpoint")):
-        raise ConfigError(
-            f"OUTPUT_DIR {out!r} holds checkpoints of an earlier run (see its last_checkpoint). "
-            "Pass --resume to continue that run, or choose another OUTPUT_DIR; delete the old "
-            "directory yourself if you no longer need it."
-        )
+    # Detectron2 would silently overwrite an earlier run's checkpoints, or start over when there
+    # is none to resume: refuse instead (d2dist.engine.rundir).
+    if training:
+        resume_target(out, resume)
 
 
 def load_config(
@@ -215,9 +250,11 @@ def load_config(
 
     ``config_functions`` (dotted names, ``--config-function``) add a project's keys before the
     file is merged (the teacher's config starts from them too); ``coco_datasets`` are registered
-    first (:func:`register_coco_datasets`). Checks the file, the keys, the datasets (the training
-    sets too if ``training``) and resolves ``MODEL.DEVICE``; every problem is a
-    :class:`ConfigError` that says how to fix it.
+    first (:func:`register_coco_datasets`). Checks the file, the keys (an unknown one with the
+    closest valid key) and the value types as they are merged, then the solver, the pixel
+    statistics, a teacher's autocast on the device, the datasets (the training sets too if
+    ``training``) and resolves ``MODEL.DEVICE``; every problem is a :class:`ConfigError` that says
+    how to fix it.
     """
     if not config_file:
         raise ConfigError("--config-file is required: the YAML config of the model to train.")
@@ -228,12 +265,14 @@ def load_config(
         )
     register_coco_datasets(coco_datasets)
     cfg = get_cfg(*config_functions)
-    what = f"config file {config_file!r}"
-    _merge(cfg, lambda path: merge_config_file(cfg, path, what), config_file, what)
-    _merge(cfg, cfg.merge_from_list, opts, "command-line overrides")
+    what, where = f"config file {config_file!r}", "command-line overrides"
+    _merge(cfg, lambda path: merge_config_file(cfg, path, what, _PROJECT_KEYS), config_file, what)
+    _merge(cfg, lambda pairs: merge_overrides(cfg, pairs, where, _PROJECT_KEYS), opts, where)
     _check_device(cfg.MODEL.DEVICE)
     _resolve_device(cfg, opts)
     _check_solver(cfg, training)
+    check_pixel_statistics(cfg, f"the config ({config_file!r} with the command-line overrides)")
+    _check_teacher_autocast(cfg)
     _check_datasets(cfg, training=training)
     if training and cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ConfigError(
@@ -297,7 +336,10 @@ def setup(args) -> CfgNode:
         remove_partials(cfg.OUTPUT_DIR)  # what an interrupted save of an earlier run left
     cfg.freeze()
     plain_text_logs()
-    default_setup(cfg, args)
+    # default_setup writes config.yaml: an earlier one is kept (d2dist.engine.rundir)
+    text = config_text(cfg) if comm.is_main_process() else ""
+    with keeping_earlier_config(cfg.OUTPUT_DIR, text, eval_only=args.eval_only):
+        default_setup(cfg, args)
     # d2dist's own messages (teacher, resolved targets, DDP) into the console and log.txt too,
     # as Detectron2's projects do for theirs.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2dist")
@@ -527,14 +569,14 @@ def launch_cli(main: Callable, args) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigError, DataError) as e:
+    except D2DIST_ERRORS as e:
         print(f"{prog}: error: {_last_message(str(e), type(e))}", file=sys.stderr)
         return 2
     except torch.multiprocessing.ProcessRaisedException as e:
         # A worker's exception arrives as its formatted traceback; show a ConfigError's or
         # DataError's message alone, as for one process.
         text = str(e)
-        for kind in (ConfigError, DataError):
+        for kind in D2DIST_ERRORS:
             if f"{kind.__module__}.{kind.__name__}: " in text:
                 print(f"{prog}: error: {_last_message(text, kind)}", file=sys.stderr)
                 return 2

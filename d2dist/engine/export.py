@@ -11,7 +11,7 @@ from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 from ..config import config_defaults
-from ..errors import UNREADABLE_CHECKPOINT, ConfigError
+from ..errors import UNREADABLE_CHECKPOINT, ConfigError, RunFault, is_write_failure, os_error_cause
 from ..modeling.meta_arch.distiller import split_distiller_state
 
 __all__ = [
@@ -126,13 +126,20 @@ def run_checkpoint(run_dir: str) -> str:
     return path
 
 
-def _student_weights(checkpoint: str, output: str):
+def _student_weights(checkpoint: str, output: str, overwrite: bool = False):
     """The student's entries of a Distiller checkpoint (named as in the student alone) and the
     names of the Distiller's own modules it held; refuses to write over the checkpoint itself."""
     if not os.path.isfile(checkpoint):
         raise ConfigError(f"checkpoint {checkpoint!r} does not exist")
     if os.path.isdir(output) or output.endswith(os.sep):
         raise ConfigError(f"--output {output!r} is a directory; give the file to write (.pth).")
+    existing = [p for p in (output, os.path.splitext(output)[0] + ".yaml") if os.path.exists(p)]
+    if existing and not overwrite and not _is_same(output, checkpoint):
+        raise ConfigError(
+            f"--output {output!r}: {' and '.join(repr(p) for p in existing)} exist already (an "
+            "earlier export?), and an export never replaces files silently. Pass --overwrite to "
+            "replace them, or choose another --output."
+        )
     if os.path.abspath(output) == os.path.abspath(checkpoint) or (
         os.path.exists(output) and os.path.samefile(output, checkpoint)
     ):
@@ -169,6 +176,12 @@ def _is_distiller_run(record) -> bool:
     return "Distiller" in target
 
 
+def _is_same(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    )
+
+
 def _strict_load(model, weights: dict, checkpoint: str) -> None:
     """Load ``weights`` strictly into ``model``, a mismatch being a :class:`ConfigError`."""
     try:
@@ -181,19 +194,43 @@ def _strict_load(model, weights: dict, checkpoint: str) -> None:
         ) from e
 
 
+def _save(obj, path: str) -> None:
+    """``torch.save`` through a Python file: a failed write is then an ``OSError`` with its errno
+    (PyTorch's own writer reports a full disk as "unexpected pos")."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def _write_atomically(files) -> None:
-    """``(path, write(tmp_path))`` pairs: each file appears only once completely written."""
-    for path, write in files:
-        tmp = path + ".tmp"
-        try:
-            write(tmp)
+    """``(path, write(tmp_path))`` pairs: the files appear only once all of them are completely
+    written. A failure to write (a full disk, a read-only directory) is a
+    :class:`~d2dist.errors.RunFault` naming the file and the cause, and leaves every path as it
+    was (nothing half-exported)."""
+    written = []
+    try:
+        for path, write in files:
+            tmp = path + ".tmp"
+            written.append(tmp)
+            try:
+                write(tmp)
+            except Exception as e:
+                if not is_write_failure(e):
+                    raise
+                raise RunFault(
+                    f"could not write {path!r}: {os_error_cause(e)}. Nothing was exported (no "
+                    "file was replaced); free space or choose another --output."
+                ) from e
+        for (path, _), tmp in zip(files, written):
             os.replace(tmp, path)
-        finally:
+    finally:
+        for tmp in written:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
 
-def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
+def export_lazy_student(
+    cfg, checkpoint: str, output: str, *, overwrite: bool = False
+) -> Tuple[str, str]:
     """:func:`export_student` for a LazyConfig run (its ``model`` a Distiller): the student's
     LazyConfig (the run's config with ``model`` = its ``model.student`` and
     ``train.init_checkpoint`` = the exported weights) is saved with ``LazyConfig.save``, which
@@ -202,7 +239,7 @@ def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
 
     if not is_distiller_node(cfg.model):
         raise ConfigError("the LazyConfig's model is not a d2dist Distiller: no student to export")
-    weights, dropped = _student_weights(checkpoint, output)
+    weights, dropped = _student_weights(checkpoint, output, overwrite)
     model = instantiate(cfg.model.student)
     _strict_load(model, weights, checkpoint)  # verify before writing anything
     scfg = copy.deepcopy(cfg)
@@ -214,7 +251,7 @@ def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
         [
             (
                 output,
-                lambda tmp: torch.save({"model": weights, "__author__": "d2dist export"}, tmp),
+                lambda tmp: _save({"model": weights, "__author__": "d2dist export"}, tmp),
             ),
             (config_path, lambda tmp: LazyConfig.save(scfg, tmp)),
         ]
@@ -226,7 +263,9 @@ def export_lazy_student(cfg, checkpoint: str, output: str) -> Tuple[str, str]:
     return output, config_path
 
 
-def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str]:
+def export_student(
+    cfg: CfgNode, checkpoint: str, output: str, *, overwrite: bool = False
+) -> Tuple[str, str]:
     """Write the student's weights to ``output`` (.pth) and its config next to it (.yaml).
 
     The weights are the student's entries of a Distiller checkpoint (see
@@ -240,7 +279,7 @@ def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str
         the paths of the weights and the config.
     """
     scfg, kept = plain_student_config(cfg)
-    weights, dropped = _student_weights(checkpoint, output)
+    weights, dropped = _student_weights(checkpoint, output, overwrite)
     # Verify before writing anything: strict load into the plain student, on the CPU (built from
     # the whole config: the written one leaves out keys at their defaults, which the loading
     # side's config functions supply).
@@ -261,7 +300,7 @@ def export_student(cfg: CfgNode, checkpoint: str, output: str) -> Tuple[str, str
         [
             (
                 output,
-                lambda tmp: torch.save({"model": weights, "__author__": "d2dist export"}, tmp),
+                lambda tmp: _save({"model": weights, "__author__": "d2dist export"}, tmp),
             ),
             (config_path, write_config),
         ]

@@ -8,29 +8,43 @@ skipped silently (a skipped image would change the data every method is compared
 image costs at most the iteration that met it.
 
 On SIGTERM (what clusters send before preemption) or SIGINT (Ctrl-C), the run finishes its
-current iteration, saves a checkpoint there (atomically) and exits with status 128 + the signal;
-``--resume`` continues at the next iteration.
+current training step, saves a checkpoint there (atomically) and exits with status 128 + the
+signal; ``--resume`` continues at the next iteration. What runs between two steps (an evaluation,
+a checkpoint, the writers) and the final evaluation are stopped at once instead: a cluster's grace
+period is seconds, an evaluation can take minutes. When the signal reaches every process of the
+group, data-loading workers die with it; the step that meets their death is treated as the
+preemption it is.
+
+A student whose training diverges (a non-finite loss, or non-finite boxes in its proposals) stops
+with a :class:`~d2dist.errors.RunFault` naming the iteration, the losses, the checkpoint kept (its
+last complete iteration) and what to change.
 """
 
 import contextlib
 import logging
+import math
 import os
+import re
 import signal
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..errors import DataError
+from ..errors import D2DIST_ERRORS, DataError, RunFault
 
 __all__ = [
     "CheckedMapper",
+    "InterruptibleHooks",
     "Preempted",
     "PreemptionHook",
+    "preemption_hooks",
     "save_last_complete",
     "saving_last_complete",
+    "stopping_on_signals",
+    "without_tracebacks_of_d2dist_errors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,11 +100,28 @@ class Preempted(SystemExit):
     """The run stopped on a signal, after saving a checkpoint (exit status 128 + signal)."""
 
 
-class PreemptionHook(HookBase):
-    """On SIGTERM or SIGINT, end the run after the current iteration with a checkpoint there.
+class _Interrupted(BaseException):
+    """Raised by the signal handler inside what may be stopped at once (between two steps, the
+    final evaluation): not an ``Exception``, so that nothing on the way catches it."""
 
-    The handler only notes the signal; the hook acts after the iteration's other hooks (register
-    it last), so the saved state is the iteration's complete one. In a multi-process run the
+    def __init__(self, signum: int, in_step: bool = False):
+        super().__init__(signum)
+        self.signum, self.in_step = signum, in_step
+
+
+def _expected_end(signum, frame):
+    """SIGCHLD while the run is stopping: a child process ended, as expected (a Python handler,
+    not SIG_DFL: swapping in SIG_DFL with a SIGCHLD pending makes CPython report a race)."""
+
+
+class PreemptionHook(HookBase):
+    """On SIGTERM or SIGINT, end the run with a checkpoint of its last complete iteration.
+
+    During a training step the handler only notes the signal; the hook acts after the iteration's
+    other hooks (register it last), so the saved state is the iteration's complete one. Between
+    the step and this hook (evaluation, checkpoints, writers: opened by
+    :class:`InterruptibleHooks`, registered first) and during the final evaluation, the handler
+    stops the run at once (:func:`stopping_on_signals` then saves). In a multi-process run the
     processes agree on the iteration to stop at (one small all-reduce per step).
     """
 
@@ -100,9 +131,23 @@ class PreemptionHook(HookBase):
         self.checkpointer = checkpointer
         self._signal = 0
         self._previous = {}
+        self.interruptible = False
+        self.stopping = False  # an _Interrupted is on its way up: no other is raised
+        self.last_complete = None  # the last iteration whose training step ended, in this run
+        self._sigchld = None  # SIGCHLD's handler before the signal came
 
     def _note(self, signum, frame):
         self._signal = signum
+        if self._sigchld is None:
+            # The signal may reach the whole process group: the data-loading workers die of it,
+            # and PyTorch's SIGCHLD handler would raise their death anywhere, a checkpoint being
+            # saved included. The run is stopping: their end is expected (a loader that needs
+            # them still reports it, in the step, which then counts as preempted).
+            self._sigchld = signal.signal(signal.SIGCHLD, _expected_end)
+        if self.interruptible:
+            self.interruptible = False  # once: a second signal must not stop the saving
+            self.stopping = True
+            raise _Interrupted(signum)
 
     def before_train(self):
         for s in self.SIGNALS:
@@ -115,11 +160,20 @@ class PreemptionHook(HookBase):
     def after_train(self):
         """Restore the process's handlers (idempotent: the trainers call it again when the loop
         ends, since an earlier hook's failing ``after_train`` skips the later hooks')."""
+        self.interruptible = False
+        if self._sigchld is not None:
+            signal.signal(signal.SIGCHLD, self._sigchld)
+            self._sigchld = None
         for s, handler in self._previous.items():
             signal.signal(s, handler)
             if _FORK_RESTORES.get(s) is handler:
                 del _FORK_RESTORES[s]
         self._previous.clear()
+
+    @property
+    def signal(self) -> int:
+        """The signal received (0: none)."""
+        return self._signal
 
     def _requested(self) -> int:
         if comm.get_world_size() == 1:
@@ -129,6 +183,7 @@ class PreemptionHook(HookBase):
         return int(flag.item())
 
     def after_step(self):
+        self.interruptible = False
         signum = self._requested()
         if not signum:
             return
@@ -143,6 +198,91 @@ class PreemptionHook(HookBase):
         raise Preempted(128 + signum)
 
 
+class InterruptibleHooks(HookBase):
+    """Registered first: from the end of a training step on (the other hooks' ``after_step``:
+    evaluation, checkpoints, writers) and during ``after_train`` (the final evaluation), a signal
+    stops the run at once instead of after them (:class:`PreemptionHook`, registered last, closes
+    the window)."""
+
+    def __init__(self, preemption: PreemptionHook):
+        self.preemption = preemption
+
+    def after_step(self):
+        self.preemption.last_complete = self.trainer.iter
+        if not self.preemption._previous:  # no handler installed (not the main thread)
+            return
+        signum = self.preemption._requested()  # noted during the step (by any process)
+        if signum:
+            self.preemption.stopping = True
+            raise _Interrupted(signum, in_step=True)
+        self.preemption.interruptible = True
+
+    def after_train(self):
+        # The final evaluation, unless the run is stopping already (after_train runs then too);
+        # a signal noted during the last step was handled by the PreemptionHook's after_step.
+        if self.preemption._previous and not self.preemption.stopping:
+            self.preemption.interruptible = True
+
+
+def preemption_hooks(checkpointer):
+    """The two hooks of a preemptible run: ``(first, last)``, to register first and last."""
+    last = PreemptionHook(checkpointer)
+    return InterruptibleHooks(last), last
+
+
+@contextlib.contextmanager
+def stopping_on_signals(trainer, preemption: PreemptionHook):
+    """Around ``trainer.train()``: a signal that stopped the run between two steps or in its final
+    evaluation saves the last complete iteration (unless the run had finished all of them: its
+    final checkpoint is there) and ends it with :class:`Preempted` (status 128 + the signal)."""
+    try:
+        yield
+    except Exception as e:
+        if not preemption.signal:
+            raise
+        # The signal reached the whole process group: the data-loading workers died of it, and
+        # their death was reported between two steps (PyTorch's SIGCHLD handler raises anywhere).
+        iteration = preemption.last_complete
+        what = "nothing (no iteration had completed in this run)"
+        if iteration is not None and comm.is_main_process():
+            preemption.checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
+            what = f"model_{iteration:07d}.pth, its state after iteration {iteration},"
+        logger.warning(
+            f"Received {signal.Signals(preemption.signal).name}; then the run failed "
+            f"({type(e).__name__}: {str(e)[:200]}), as the signal's other processes ended: "
+            f"saved {what} in {preemption.checkpointer.save_dir}; continue with --resume."
+        )
+        raise Preempted(128 + preemption.signal) from None
+    except _Interrupted as e:
+        name = signal.Signals(e.signum).name
+        if trainer.iter >= trainer.max_iter:  # all iterations done: in the final evaluation
+            logger.warning(
+                f"Received {name} during the final evaluation, which was stopped; the training "
+                f"had finished and saved its last checkpoint in {preemption.checkpointer.save_dir}"
+                " (evaluate it with --eval-only)."
+            )
+        else:  # between two steps: the iteration trainer.iter is complete
+            iteration = trainer.iter
+            what = "nothing (this process does not save)"
+            if comm.is_main_process():
+                saved = f"model_{iteration:07d}"
+                preemption.checkpointer.save(saved, iteration=iteration)
+                what = f"{saved}.pth"
+            when = f"at iteration {iteration}" + (
+                ""
+                if e.in_step
+                else " (after its training step: what ran after it, an evaluation, checkpoints or "
+                "writers, was stopped)"
+            )
+            logger.warning(
+                f"Received {name} {when}: saved {what} in {preemption.checkpointer.save_dir}; "
+                "continue with --resume."
+            )
+        raise Preempted(128 + e.signum) from None
+    finally:
+        preemption.after_train()
+
+
 def _device(trainer) -> torch.device:
     model = getattr(trainer, "model", None) or getattr(trainer._trainer, "model", None)
     return next(model.parameters()).device
@@ -152,13 +292,71 @@ def _device(trainer) -> torch.device:
 def saving_last_complete(trainer, checkpointer):
     """Around one iteration of ``trainer``: if it fails (a data fault, a non-finite loss, ...),
     the main process saves the state of the last complete iteration before the error stops the
-    run, so that an error mid-way loses no finished work."""
+    run, so that an error mid-way loses no finished work. A preemption signal received meanwhile
+    (the whole process group was sent SIGTERM, and the data-loading workers died of it) makes the
+    failure the preemption it is; a non-finite loss a :class:`~d2dist.errors.RunFault` that
+    names the iteration, the losses, the checkpoint and what to change."""
     try:
         yield
-    except Exception:
-        if comm.is_main_process():
-            save_last_complete(trainer, checkpointer)
+    except Exception as e:
+        saved = save_last_complete(trainer, checkpointer) if comm.is_main_process() else None
+        kept = (
+            f"saved {saved}.pth (its state after iteration {trainer.iter - 1}) in "
+            f"{checkpointer.save_dir}"
+            if saved
+            else "nothing was saved (no iteration had completed; the periodic checkpoints stay)"
+        )
+        preemption = _preemption_hook(trainer)
+        if preemption is not None and preemption.signal:
+            name = signal.Signals(preemption.signal).name
+            logger.warning(
+                f"Received {name} during iteration {trainer.iter}, which then failed "
+                f"({type(e).__name__}: {str(e)[:200]}): the preemption stopped it; {kept}; "
+                "continue with --resume."
+            )
+            raise Preempted(128 + preemption.signal) from None
+        if isinstance(e, FloatingPointError):
+            raise RunFault(_diverged(trainer, e, kept)) from e
         raise
+
+
+def _preemption_hook(trainer) -> Optional[PreemptionHook]:
+    for hook in getattr(trainer, "_hooks", ()):
+        if isinstance(hook, PreemptionHook):
+            return hook
+    return None
+
+
+_LOSS = re.compile(r"'([\w/]+)': (?:np\.float\d+\()?([-+\w.]+)\)?")
+
+
+def _diverged(trainer, error: FloatingPointError, kept: str) -> str:
+    """The message of a diverging student: iteration, the non-finite losses, what was kept, what
+    to change (Detectron2's "Loss became infinite or NaN" lists every loss; the Distiller's own
+    names its terms and levels; Detectron2's proposal check names no loss)."""
+    text = str(error)
+    bad = []
+    for key, value in _LOSS.findall(text):
+        try:
+            if not math.isfinite(float(value)):
+                bad.append(f"{key} = {value}")
+        except ValueError:
+            continue
+    if bad:
+        what = "non-finite losses: " + ", ".join(bad)
+    elif "non-finite distillation loss" in text:  # the Distiller's: its terms, by level
+        what = "non-finite distillation losses: " + text.split(": ", 1)[1].split(" (distill/")[0]
+    else:
+        what = f"{text.splitlines()[0]}"
+    optimizer = getattr(trainer, "optimizer", None)
+    lr = f" (now {optimizer.param_groups[0]['lr']:.3g})" if optimizer is not None else ""
+    return (
+        f"the training diverged at iteration {trainer.iter}: {what}. The run stopped and {kept}. "
+        f"Lower the learning rate{lr} (SOLVER.BASE_LR; LazyConfig: optimizer.lr) or lengthen its "
+        "warm-up (SOLVER.WARMUP_ITERS), clip the gradients (SOLVER.CLIP_GRADIENTS), or lower the "
+        "distillation terms' WEIGHT / warm them up (MODEL.DISTILL.WEIGHT_SCHEDULE.WARMUP_ITERS); "
+        "then --resume (with --allow-config-change) or start again."
+    )
 
 
 def save_last_complete(trainer, checkpointer):
@@ -186,3 +384,26 @@ def save_last_complete(trainer, checkpointer):
         f"iteration {last}) in {checkpointer.save_dir}; continue with --resume."
     )
     return name
+
+
+class _OwnErrorsWithoutTraceback(logging.Filter):
+    """Detectron2's training loop logs "Exception during training:" with the traceback of whatever
+    stopped it; for d2dist's own errors (a config mistake, a data fault, a disk or divergence
+    fault: their message says it all, and the tools print it) the traceback is left out. Any
+    other exception keeps it: it is a bug somewhere."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, D2DIST_ERRORS):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = f"{record.getMessage()} {type(exc).__name__} (below)"
+            record.args = ()
+        return True
+
+
+def without_tracebacks_of_d2dist_errors() -> None:
+    """Install :class:`_OwnErrorsWithoutTraceback` on Detectron2's training-loop logger (once)."""
+    loop = logging.getLogger("detectron2.engine.train_loop")
+    if not any(isinstance(f, _OwnErrorsWithoutTraceback) for f in loop.filters):
+        loop.addFilter(_OwnErrorsWithoutTraceback())

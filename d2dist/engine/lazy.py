@@ -19,17 +19,29 @@ import os
 
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
+from ..data.checks import checked_dataset_dicts
 from ..errors import ConfigError
+from .data_checks import check_lazy_classes
 from .defaults import add_run_arguments, check_output_dir, plain_text_logs, resolve_device
 from .export import for_evaluation, is_distiller_node
-from .faults import CheckedMapper, PreemptionHook, saving_last_complete
+from .faults import (
+    CheckedMapper,
+    preemption_hooks,
+    saving_last_complete,
+    stopping_on_signals,
+    without_tracebacks_of_d2dist_errors,
+)
+from .lazy_checks import apply_overrides, check_lazy_config
 from .record import allow_config_change
+from .rundir import config_text, keeping_earlier_config
 from .runlock import lock_output_dir, release_output_dir
 from .subnormals import flush_subnormals, log_subnormal_mode
 from .trainer import (
@@ -80,11 +92,12 @@ def lazy_setup(args):
             "tools/train_net.py."
         )
     try:
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(args.opts))
+        cfg = LazyConfig.load(path)
     except Exception as e:  # a user's Python config: any exception is possible
         raise ConfigError(
             f"could not load {path!r} with overrides {list(args.opts)}: {type(e).__name__}: {e}"
         ) from e
+    cfg = apply_overrides(cfg, list(args.opts), path)  # each one's key checked first
     missing = [k for k in _REQUIRED if k not in cfg]
     if not args.eval_only:
         missing += [k for k in ("optimizer", "lr_multiplier") if k not in cfg]
@@ -97,6 +110,8 @@ def lazy_setup(args):
             "configs/common/train.py)."
         )
     _resolve_device(cfg, args.opts)
+    # Typos, targets, arguments, value types, datasets: before anything is built.
+    check_lazy_config(cfg, training=not args.eval_only)
     flushed = flush_subnormals(cfg.train.device)  # before any computation (thread pool)
     allow_config_change(getattr(args, "allow_config_change", False))
     check_output_dir(cfg.train.output_dir, resume=args.resume, training=not args.eval_only)
@@ -104,7 +119,10 @@ def lazy_setup(args):
         lock_output_dir(cfg.train.output_dir)
         remove_partials(cfg.train.output_dir)  # what an interrupted save left
     plain_text_logs()
-    default_setup(cfg, args)
+    # default_setup writes config.yaml: an earlier one is kept (d2dist.engine.rundir)
+    text = config_text(cfg) if comm.is_main_process() else ""
+    with keeping_earlier_config(cfg.train.output_dir, text, eval_only=args.eval_only):
+        default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2dist")
     log_subnormal_mode(flushed)
     return cfg
@@ -118,14 +136,54 @@ def _resolve_device(cfg, opts) -> None:
 
 
 def do_test(cfg, model):
-    """Evaluate ``model`` with ``dataloader.test`` and ``dataloader.evaluator`` (upstream's)."""
+    """Evaluate ``model`` with ``dataloader.test`` and ``dataloader.evaluator`` (upstream's); the
+    test set is checked when it is loaded (:func:`_checked_test_loader`)."""
     if "evaluator" in cfg.dataloader:
         ret = inference_on_dataset(
-            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+            model, _checked_test_loader(cfg), instantiate(cfg.dataloader.evaluator)
         )
         print_csv_format(ret)
         return ret
     return {}
+
+
+def _checked_dataset(node, split: str):
+    """The LazyConfig dataset node ``node`` of ``dataloader.<split>`` as one that checks its
+    records when loaded: Detectron2's ``get_detection_dataset_dicts`` becomes
+    :func:`d2dist.data.checked_dataset_dicts` with the same arguments; a node that checks already
+    stays; None for any other loader (which d2dist cannot check)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if isinstance(target, str):
+        target = locate(target)
+    if target is checked_dataset_dicts:
+        return node
+    if target is not get_detection_dataset_dicts:
+        return None
+    args = OmegaConf.to_container(node, resolve=True)
+    args.pop("_target_")
+    return L(checked_dataset_dicts)(
+        **args,
+        training=split == "train",
+        key=f"dataloader.{split}.dataset.names",
+        filter_key=f"dataloader.{split}.dataset.filter_empty",
+    )
+
+
+def _checked_test_loader(cfg):
+    """``dataloader.test`` instantiated with its dataset, Detectron2's
+    ``get_detection_dataset_dicts``, replaced by :func:`d2dist.data.checked_dataset_dicts` (as a
+    test set: nothing dropped; a set without annotations refused before evaluation). The config
+    itself is left as it is."""
+    test = cfg.dataloader.test
+    original = test.get("dataset")
+    checked = _checked_dataset(original, "test")
+    if checked is None:
+        return instantiate(test)
+    test.dataset = checked
+    try:
+        return instantiate(test)
+    finally:
+        test.dataset = original
 
 
 def _evaluate(cfg, resume: bool):
@@ -146,8 +204,12 @@ def _evaluate(cfg, resume: bool):
 
 def _checked_train_loader(cfg):
     """``dataloader.train`` instantiated with its mapper inside :class:`CheckedMapper` (an unusable
-    image stops the run, named). The config itself is left as it is: other nodes may refer to
-    the mapper's place, as ``dataloader.test.mapper.image_format`` does in Detectron2's configs."""
+    image stops the run, named) and its dataset, Detectron2's ``get_detection_dataset_dicts``,
+    replaced by :func:`d2dist.data.checked_dataset_dicts` (each dataset checked when it is
+    loaded); then the classes of the train and test datasets and the model are compared
+    (:func:`~d2dist.engine.data_checks.check_lazy_classes`). The config itself is left as it is:
+    other nodes may refer to the mapper's place, as ``dataloader.test.mapper.image_format`` does
+    in Detectron2's configs."""
     train = cfg.dataloader.train
     if "mapper" not in train:  # a loader of the user's own: its errors stop the run unnamed
         logger.warning(
@@ -156,7 +218,7 @@ def _checked_train_loader(cfg):
         )
         return instantiate(train)
     names = train.dataset.get("names", []) if "dataset" in train else []
-    original = train.mapper
+    original, original_dataset = train.mapper, train.get("dataset")
     # Resolved where it stands, then wrapped: its own interpolations keep their meaning.
     mapper = (
         OmegaConf.to_container(original, resolve=True)
@@ -164,10 +226,23 @@ def _checked_train_loader(cfg):
         else original
     )
     train.mapper = L(CheckedMapper)(mapper=mapper, datasets=names)
+    checked = _checked_dataset(original_dataset, "train")
+    if checked is not None:
+        train.dataset = checked
+    else:
+        logger.warning(
+            "dataloader.train.dataset is not Detectron2's get_detection_dataset_dicts: d2dist "
+            "does not check its records (d2dist.data.checked_dataset_dicts takes the same "
+            "arguments and checks them)."
+        )
     try:
-        return instantiate(train)
+        loader = instantiate(train)
     finally:
         train.mapper = original
+        if original_dataset is not None:
+            train.dataset = original_dataset
+    check_lazy_classes(cfg)
+    return loader
 
 
 def do_train(args, cfg):
@@ -199,9 +274,10 @@ def do_train(args, cfg):
             run_step()
 
     trainer.run_step = checked_step
-    preemption = PreemptionHook(checkpointer)
+    first, preemption = preemption_hooks(checkpointer)
     trainer.register_hooks(
         [
+            first,  # first: a signal stops the iteration's evaluation and checkpoints at once
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             (
@@ -224,10 +300,9 @@ def do_train(args, cfg):
     resuming = args.resume and checkpointer.has_checkpoint()
     resume_or_load(checkpointer, cfg.train.init_checkpoint, resume=args.resume, cfg=cfg)
     start_iter = trainer.iter + 1 if resuming else 0
-    try:
+    without_tracebacks_of_d2dist_errors()
+    with stopping_on_signals(trainer, preemption):  # restores the handlers in every case
         trainer.train(start_iter, cfg.train.max_iter)
-    finally:  # its handlers, even if an earlier hook's after_train failed
-        preemption.after_train()
     return dict(results)  # the last evaluation's (the EvalHook runs one after the last step)
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Dict
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RunFault, os_error_cause
 
 __all__ = ["LOCK_NAME", "lock_output_dir", "release_output_dir"]
 
@@ -43,7 +43,15 @@ def lock_output_dir(out: str) -> None:
     if real in _HELD:
         return
     path = os.path.join(out, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunFault(
+            f"could not open the run lock {path!r} of OUTPUT_DIR {out!r}: {os_error_cause(e)}. "
+            f"The lock file names the run that created it ({_owner(path)}); a directory another "
+            "user's run owns is not this run's to write into: choose another OUTPUT_DIR (or, if "
+            "the directory is yours, give yourself the right to write that file)."
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -59,9 +67,15 @@ def lock_output_dir(out: str) -> None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(sys.argv),
     }
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(owner).encode())
-    _HELD[real] = fd
+    _HELD[real] = fd  # held from here on, even if naming its owner fails
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(owner).encode())
+    except OSError as e:
+        raise RunFault(
+            f"could not write the run lock {path!r}: {os_error_cause(e)}; nothing of the run "
+            f"was written yet. Free space in (or fix) OUTPUT_DIR {out!r}, or choose another."
+        ) from e
 
 
 def release_output_dir(out: str) -> None:

@@ -11,7 +11,11 @@ from typing import List, Optional
 import detectron2.data.transforms as T
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA
@@ -24,11 +28,27 @@ from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import UNREADABLE_CHECKPOINT, ConfigError, incompatible_keys
+from ..errors import (
+    UNREADABLE_CHECKPOINT,
+    ConfigError,
+    RunFault,
+    incompatible_keys,
+    is_write_failure,
+    os_error_cause,
+)
 from ..evaluation import build_evaluator
 from ..modeling.meta_arch.distiller import split_distiller_state
+from .data_checks import check_dataset_classes, test_dataset_dicts, train_dataset_dicts
+from .data_checks import weighted_sampler
 from .export import student_config
-from .faults import CheckedMapper, PreemptionHook, saving_last_complete
+from .faults import (
+    CheckedMapper,
+    PreemptionHook,
+    preemption_hooks,
+    saving_last_complete,
+    stopping_on_signals,
+    without_tracebacks_of_d2dist_errors,
+)
 from .record import changes_allowed, check_resume, run_record, saved_record
 from .schedule import schedule_from_config, schedulers_of
 
@@ -111,12 +131,33 @@ class AtomicCheckpointer(StudentCheckpointer):
     strict: bool = False
 
     def save(self, name: str, **kwargs) -> None:
+        """Detectron2's save, atomic; a failure to write (a full disk, a read-only directory) is
+        a :class:`~d2dist.errors.RunFault` naming the file, the cause and the last complete
+        checkpoint, which stays as it was."""
+        final = name
         if self.save_dir and os.path.isdir(self.save_dir) and self.save_to_disk:
             remove_partials(self.save_dir)
             name += _PARTIAL
         if self.record is not None:
             kwargs["d2dist"] = self.record
-        super().save(name, **kwargs)
+        try:
+            super().save(name, **kwargs)
+        except Exception as e:
+            if not (self.save_to_disk and is_write_failure(e)):
+                raise
+            cause = os_error_cause(e, os.path.join(self.save_dir, name + ".pth"))
+            remove_partials(self.save_dir)
+            last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            kept = (
+                f"the last complete checkpoint, {last}, is as it was (last_checkpoint names it)"
+                if last
+                else "no checkpoint of this run was complete yet"
+            )
+            raise RunFault(
+                f"could not write the checkpoint {os.path.join(self.save_dir, final + '.pth')}: "
+                f"{cause}. The run stopped; {kept}. Free space (or fix the "
+                "directory) and continue with --resume."
+            ) from e
 
     def _log_incompatible_keys(self, incompatible) -> None:
         if not self.strict:
@@ -215,6 +256,7 @@ class DistillationMixin:
             _BUILDING_TO_TRAIN.reset(token)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(data_config(cfg))
+        check_dataset_classes(cfg, model)  # before training: datasets, student, teacher agree
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
@@ -299,18 +341,20 @@ class DistillationMixin:
         return evaluate_teacher(cfg, teacher, trainer=cls)
 
     def build_hooks(self):
-        """The trainer's hooks, then :class:`~d2dist.engine.faults.PreemptionHook` (last: on
-        SIGTERM / SIGINT a checkpoint of the iteration just completed, then the run ends). The
-        hooks are built with :func:`data_config` as ``self.cfg`` (``TEST.PRECISE_BN`` builds a
-        train loader with the project's ``build_train_loader``); it is the run's config again
-        afterwards."""
+        """The trainer's hooks, between the two of a preemptible run (:mod:`.faults`): first,
+        :class:`~d2dist.engine.faults.InterruptibleHooks` (a signal then stops evaluations and
+        checkpoints at once), last, :class:`~d2dist.engine.faults.PreemptionHook` (on SIGTERM /
+        SIGINT a checkpoint of the iteration just completed, then the run ends). The hooks are
+        built with :func:`data_config` as ``self.cfg`` (``TEST.PRECISE_BN`` builds a train loader
+        with the project's ``build_train_loader``); it is the run's config again afterwards."""
         cfg = self.cfg
         self.cfg = data_config(cfg)
         try:
             built = super().build_hooks()
         finally:
             self.cfg = cfg
-        return built + [PreemptionHook(self.checkpointer)]
+        first, last = preemption_hooks(self.checkpointer)
+        return [first] + built + [last]
 
     def run_step(self):
         """One iteration; if it fails (a data fault, a non-finite loss, ...), the state of the
@@ -320,17 +364,19 @@ class DistillationMixin:
 
     def train(self):
         """Detectron2's training loop, owning ``OUTPUT_DIR`` while it runs (:mod:`.runlock`: a
-        second run into it is refused; d2dist's tools take the lock already at setup)."""
+        second run into it is refused; d2dist's tools take the lock already at setup), stopped
+        with a checkpoint on SIGTERM / SIGINT (:func:`~d2dist.engine.faults.stopping_on_signals`).
+        """
         from .runlock import lock_output_dir, release_output_dir
 
+        without_tracebacks_of_d2dist_errors()
         if comm.is_main_process():
             lock_output_dir(self.cfg.OUTPUT_DIR)
+        preemption = next(h for h in self._hooks if isinstance(h, PreemptionHook))
         try:
-            return super().train()
+            with stopping_on_signals(self, preemption):
+                return super().train()
         finally:
-            for hook in self._hooks:  # its handlers, even if an earlier after_train failed
-                if isinstance(hook, PreemptionHook):
-                    hook.after_train()
             release_output_dir(self.cfg.OUTPUT_DIR)
 
     def resume_or_load(self, resume=True):
@@ -500,7 +546,10 @@ class Trainer(DistillationMixin, DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """Detectron2's loader; for semantic segmentation with ``INPUT.CROP``, with the DeepLab
-        project's augmentations (:func:`sem_seg_train_augmentations`) as its train_net uses."""
+        project's augmentations (:func:`sem_seg_train_augmentations`) as its train_net uses.
+        ``DATASETS.TRAIN`` is loaded once and checked before training
+        (:mod:`d2dist.data.checks`: faults named, boxes outside the images dropped and
+        counted)."""
         if cfg.INPUT.CROP.ENABLED and _student_meta_architecture(cfg) == "SemanticSegmentor":
             augmentations = sem_seg_train_augmentations(cfg)
             mapper = DatasetMapper(cfg, is_train=True, augmentations=augmentations)
@@ -508,18 +557,26 @@ class Trainer(DistillationMixin, DefaultTrainer):
             mapper = DatasetMapper(cfg, is_train=True)
         # an image that cannot be used stops the run, named (d2dist.engine.faults)
         mapper = CheckedMapper(mapper, cfg.DATASETS.TRAIN)
-        try:
-            return build_detection_train_loader(cfg, mapper=mapper)
-        except AssertionError as e:  # Detectron2 asserts on empty datasets, with no key named
-            if "is empty" not in str(e) and "No valid data" not in str(e):
-                raise
-            filtered = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-            raise ConfigError(
-                f"DATASETS.TRAIN={tuple(cfg.DATASETS.TRAIN)} gives no training images ({e}; "
-                f"DATALOADER.FILTER_EMPTY_ANNOTATIONS={filtered} drops images without "
-                "annotations). Check the dataset's files (datasets/README.md) and its "
-                "registration, or name another dataset."
-            ) from e
+        sampler = None
+        if cfg.DATALOADER.SAMPLER_TRAIN in ("WeightedTrainingSampler",
+                                            "WeightedCategoryTrainingSampler"):  # fmt: skip
+            per_dataset = train_dataset_dicts(cfg, per_dataset=True)
+            dicts = [d for _, records in per_dataset for d in records]
+            sampler = weighted_sampler(cfg, per_dataset)
+        else:
+            dicts = train_dataset_dicts(cfg)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts, sampler=sampler)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader of ``dataset_name``, whose records are checked before
+        evaluation (:mod:`d2dist.data.checks`; a test set without annotations cannot be scored)
+        and whose classes the model's heads must predict."""
+        dicts = test_dataset_dicts(cfg, dataset_name)
+        mapper = DatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(
+            dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
 
 
 def clip_full_model(optimizer, max_norm: float, norm_type: float = 2.0):

@@ -36,6 +36,14 @@ logger = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = ("", "bfloat16", "float16")
 
+# Why a float16 teacher cannot run on the CPU (every entry point says so).
+FLOAT16_ON_CPU = (
+    "float16 on the CPU is refused: its range ends at 65504, so a teacher's large activations "
+    "become Inf and the distillation losses NaN at the first step, and CPUs without native "
+    "float16 run it slower than float32. Use 'bfloat16' (float32's range; CPU autocast supports "
+    "it) or '' (float32); float16 is for CUDA devices."
+)
+
 
 class TeacherNotLoadedError(RuntimeError):
     """A Distiller was asked to train with a teacher whose weights were never loaded."""
@@ -126,6 +134,16 @@ def is_lazy_config(path: str) -> bool:
     return path.endswith(".py")
 
 
+# What an unknown key of the teacher's config may mean besides a typo.
+_TEACHER_PROJECT_KEYS = (
+    " If the key belongs to a Detectron2 project (PointRend, Panoptic-DeepLab, your own), name the "
+    "project's config function in MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS, e.g. "
+    "['detectron2.projects.point_rend.add_pointrend_config'], or apply it to the student's config "
+    "too (tools/train_net.py --config-function NAME; in your own train_net, call it before "
+    "add_distill_config)."
+)
+
+
 def load_teacher_config(cfg: CfgNode) -> CfgNode:
     """The teacher's yacs config: the defaults the student's config started from
     (:func:`d2dist.config.config_defaults`), ``TEACHER.CONFIG_FUNCTIONS``, ``TEACHER.CONFIG_FILE``
@@ -133,7 +151,13 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
 
     The teacher runs on the student's ``MODEL.DEVICE``.
     """
-    from ..config import apply_config_functions, config_defaults, merge_config_file
+    from ..config import (
+        apply_config_functions,
+        check_pixel_statistics,
+        config_defaults,
+        merge_config_file,
+        merge_overrides,
+    )
 
     tcfg = cfg.MODEL.DISTILL.TEACHER
     path = _teacher_config_path(cfg)
@@ -146,24 +170,17 @@ def load_teacher_config(cfg: CfgNode) -> CfgNode:
     apply_config_functions(
         teacher_cfg, tcfg.CONFIG_FUNCTIONS, "MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS names"
     )
+    what = f"teacher config {path!r}"
+    where = f"{what} with MODEL.DISTILL.TEACHER.OPTS={list(tcfg.OPTS)}"
     try:
-        merge_config_file(teacher_cfg, path, f"teacher config {path!r}")
-        teacher_cfg.merge_from_list(list(tcfg.OPTS))
+        merge_config_file(teacher_cfg, path, what, _TEACHER_PROJECT_KEYS)
+        merge_overrides(teacher_cfg, list(tcfg.OPTS), where, _TEACHER_PROJECT_KEYS)
     except ConfigError:
         raise
-    except (KeyError, ValueError, AssertionError) as e:
-        hint = ""
-        if "Non-existent config key" in str(e):
-            hint = (
-                " If the key belongs to a Detectron2 project (PointRend, Panoptic-DeepLab, your "
-                "own), name the project's config function in MODEL.DISTILL.TEACHER."
-                "CONFIG_FUNCTIONS, e.g. ['detectron2.projects.point_rend.add_pointrend_config'], "
-                "or apply it to the student's config too (tools/train_net.py --config-function "
-                "NAME; in your own train_net, call it before add_distill_config)."
-            )
-        raise ConfigError(
-            f"teacher config {path!r} with MODEL.DISTILL.TEACHER.OPTS={list(tcfg.OPTS)}: {e}.{hint}"
-        ) from e
+    except (KeyError, ValueError, AssertionError) as e:  # what yacs itself still refuses
+        hint = _TEACHER_PROJECT_KEYS if "Non-existent" in str(e) else ""
+        raise ConfigError(f"{where}: {e}.{hint}") from e
+    check_pixel_statistics(teacher_cfg, where)
     if teacher_cfg.MODEL.META_ARCHITECTURE == "Distiller":
         raise ConfigError(
             f"the teacher config {path!r} is itself a Distiller config; the teacher must be a "
@@ -272,6 +289,14 @@ class Teacher:
                     f"the teacher ({type(model).__name__}, {source}) has no {attr!r}; d2dist "
                     "teachers are Detectron2 meta-architectures (backbone, pixel_mean, pixel_std)."
                 )
+        std = torch.as_tensor(model.pixel_std)
+        if not bool(torch.isfinite(std).all() and (std > 0).all()):
+            raise ConfigError(
+                f"the teacher ({type(model).__name__}, {source}) has pixel_std "
+                f"{std.flatten().tolist()}: the channel standard deviations must be finite and > 0 "
+                "(its images are divided by them; its config's MODEL.PIXEL_STD, or the pixel_std "
+                "of its LazyConfig model)."
+            )
         if autocast not in AUTOCAST_DTYPES:
             raise ConfigError(
                 f"MODEL.DISTILL.TEACHER.AUTOCAST={autocast!r}; expected '', 'bfloat16' or 'float16'"
@@ -338,6 +363,7 @@ class Teacher:
             raise ConfigError(
                 f"could not read MODEL.DISTILL.TEACHER.WEIGHTS={weights!r}: {type(e).__name__}: {e}"
             ) from e
+        self._check_finite(weights)
         if self.channels_last:  # loading copies into the parameters; keep their memory format
             self.model.to(memory_format=torch.channels_last)
         self.model.eval()
@@ -350,6 +376,20 @@ class Teacher:
             f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M params)"
         )
         return self
+
+    def _check_finite(self, weights: str) -> None:
+        """The loaded weights (parameters and buffers, e.g. BatchNorm statistics) hold no NaN or
+        Inf: a teacher with them teaches NaN."""
+        tensors = list(self.model.named_parameters()) + list(self.model.named_buffers())
+        bad = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            shown = bad if len(bad) <= 8 else bad[:8] + [f"... {len(bad) - 8} more"]
+            raise ConfigError(
+                f"MODEL.DISTILL.TEACHER.WEIGHTS={weights!r} holds NaN or Inf values in {len(bad)} "
+                f"tensors of the teacher: {shown}. Its training diverged or the file is damaged: "
+                "use a checkpoint of the teacher from before it diverged (an earlier "
+                "model_*.pth of its run), or retrain it."
+            )
 
     def check_loaded(self) -> None:
         """Raise :class:`TeacherNotLoadedError` unless the teacher's weights were loaded."""
@@ -372,6 +412,11 @@ class Teacher:
         device = self.device.type
         if not self.autocast:
             return torch.autocast(device_type=device, enabled=False)
+        if self.autocast == "float16" and device == "cpu":  # the entry points refuse it earlier
+            raise ConfigError(
+                f"the teacher ({self.source}) runs on the CPU with MODEL.DISTILL.TEACHER.AUTOCAST="
+                f"'float16' (teacher_from_file / Teacher: autocast='float16'): {FLOAT16_ON_CPU}"
+            )
         return torch.autocast(device_type=device, dtype=getattr(torch, self.autocast))
 
     def images(self, batched_inputs: Sequence[dict], student_format: str) -> ImageList:

@@ -23,7 +23,7 @@ from d2dist.config import ConfigError, get_cfg
 from d2dist.engine.faults import CheckedMapper, PreemptionHook
 from d2dist.engine.runlock import LOCK_NAME, lock_output_dir, release_output_dir
 from d2dist.engine.trainer import remove_partials
-from d2dist.errors import DataError
+from d2dist.errors import DataError, RunFault
 
 # Runs that are killed, locked, resumed or stopped by bad data, as subprocesses.
 pytestmark = pytest.mark.slow
@@ -338,3 +338,185 @@ def test_the_run_record_of_a_lazy_config_is_the_same_in_every_process():
     assert " at 0x" not in json.dumps(here)
     targets = [v for k, v in here.items() if k.endswith("_target_")]
     assert "detectron2.data.build.build_detection_train_loader" in targets
+
+
+# ---- preemption edges (issue 22): whatever the run is doing, and the whole process group -------
+LONG_EVALUATION = [  # one evaluation after each iteration, 60 passes over the tiny test set
+    "DATASETS.TEST", "(" + "'d2dist_shapes_tiny_val', " * 60 + ")", "TEST.EVAL_PERIOD", "1",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+]  # fmt: skip
+
+
+def _log(out):
+    path = os.path.join(out, "log.txt")
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        return f.read()
+
+
+def test_sigterm_during_an_evaluation_stops_it_at_once_with_a_checkpoint(teacher, tmp_path):
+    """An evaluation (here about a minute: 60 passes) is stopped within seconds: a cluster's grace
+    period would kill the run before a whole evaluation ends. The iteration before it was complete
+    and is saved; --resume continues after it."""
+    out = str(tmp_path / "run")
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "50", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    argv += LONG_EVALUATION  # after _argv's DATASETS.TEST (): the later value counts
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _wait(lambda: _log(out).count("Start inference on") >= 2, proc), "no evaluation"
+    started = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    took = time.time() - started
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert took < 15, f"the evaluation was not stopped: the run ended {took:.0f} s after SIGTERM"
+    passes = _log(out).count("Start inference on")
+    assert passes < 60, f"the evaluation was not stopped: all {passes} passes ran"
+    assert "Traceback" not in err
+    assert "Received SIGTERM at iteration 0 (after its training step: what ran after it, an " in (
+        _log(out)
+    )
+    assert "was stopped): saved model_0000000.pth" in _log(out)
+    saved = torch.load(os.path.join(out, "model_0000000.pth"), weights_only=False)
+    assert saved["iteration"] == 0
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == "model_0000000.pth"
+
+
+def test_sigterm_to_the_process_group_with_data_loading_workers(teacher, tmp_path):
+    """Schedulers send SIGTERM to every process of the job: the data-loading workers die of it.
+    The run still ends as preempted (status 143, a checkpoint, no traceback)."""
+    out = str(tmp_path / "run")
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "400", "SOLVER.CHECKPOINT_PERIOD", "1000",
+                 "DATALOADER.NUM_WORKERS", "2")  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    assert _wait(lambda: any(i >= 19 for i in _iterations(out)), proc), "no progress in time"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "is killed by signal" not in err, err[-3000:]
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        name = f.read().strip()
+    assert torch.load(os.path.join(out, name), weights_only=False)["iteration"] >= 19
+
+
+# ---- the environment (issue 22): a checkpoint that cannot be written, a lock of another user ----
+def _file_size_limit(limit):
+    def limited():  # in the child: writing past `limit` bytes fails with EFBIG (File too large)
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limited
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_keeping_the_last(teacher, tmp_path):
+    """Writing a checkpoint fails (the file-size limit: the same path as a full disk): the run
+    stops with one message naming the file, the cause and the checkpoint kept, which is intact."""
+    out = str(tmp_path / "run")
+    first = subprocess.run(_argv(teacher, out, "SOLVER.MAX_ITER", "2"), capture_output=True,
+                           text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == "model_final.pth"
+    size = os.path.getsize(os.path.join(out, "model_final.pth"))
+    argv = _argv(teacher, out, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1",
+                 flags=["--resume"])  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True,
+                          preexec_fn=_file_size_limit(4 << 20))  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    message = done.stderr.strip().splitlines()[-1]
+    assert re.search(
+        r"train_net.py: error: could not write the checkpoint .*run/model_0000002.pth: the file is "
+        r"larger than this process may write .*File too large.*The run stopped; the last complete "
+        r"checkpoint, .*run/model_final.pth, is as it was",
+        message,
+    ), message
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == "model_final.pth"
+    assert os.path.getsize(os.path.join(out, "model_final.pth")) == size
+    assert not [f for f in os.listdir(out) if ".partial" in f]
+
+
+def test_a_lock_file_of_another_user_is_a_clear_error(teacher, tmp_path, monkeypatch):
+    """OUTPUT_DIR holds the lock file of another user's run, which this user may not open. Run as
+    a user (a real subprocess), the file's permissions refuse it; run as root, whom no permission
+    refuses, the refusal is injected where the file is opened."""
+    out = str(tmp_path / "theirs")
+    os.makedirs(out)
+    lock = os.path.join(out, LOCK_NAME)
+    with open(lock, "w") as f:
+        f.write('{"pid": 1, "host": "elsewhere", "started": "earlier", "command": "theirs"}')
+    expected = (
+        rf"could not open the run lock '{re.escape(lock)}' of OUTPUT_DIR '.*': permission denied "
+        r".*names the run that created it \(process 1 on elsewhere, started earlier: theirs\)"
+    )
+    if os.geteuid() != 0:
+        os.chmod(lock, 0)
+        done = subprocess.run(_argv(teacher, out, "SOLVER.MAX_ITER", "1"), capture_output=True,
+                              text=True)  # fmt: skip
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert re.search(expected, done.stderr), done.stderr[-2000:]
+        return
+    import errno
+
+    import d2dist.engine.runlock as runlock
+
+    opened = os.open
+
+    def refused(path, *args, **kwargs):
+        if path == lock:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(runlock.os, "open", refused)
+    with pytest.raises(RunFault, match=expected):
+        runlock.lock_output_dir(out)
+
+
+# ---- nothing written before is lost (issue 22) --------------------------------------------------
+def _digests(out):
+    import hashlib
+
+    return {
+        name: hashlib.sha256(open(os.path.join(out, name), "rb").read()).hexdigest()
+        for name in sorted(os.listdir(out))
+        if name.endswith((".pth", ".yaml"))
+    }
+
+
+def test_no_earlier_checkpoint_or_export_is_overwritten(teacher, tmp_path):
+    """Real processes: a run whose last_checkpoint was lost is neither overwritten by a new run
+    nor resumed by a guess; an export never replaces an earlier one unless asked to."""
+    out = str(tmp_path / "run")
+    done = subprocess.run(_argv(teacher, out, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD",
+                                "1"), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    os.remove(os.path.join(out, "last_checkpoint"))
+    before = _digests(out)
+    assert {"model_0000000.pth", "model_final.pth", "config.yaml"} <= set(before)
+    for flags, message in (
+        ((), r"holds checkpoints of an earlier run \(model_0000000.pth, .*model_final.pth\), "
+             r"without a last_checkpoint"),
+        (("--resume",), r"--resume: OUTPUT_DIR .* holds checkpoints \(model_0000000.pth, "
+                        r".*model_final.pth\) but no last_checkpoint naming the one to continue"),
+    ):  # fmt: skip
+        again = subprocess.run(_argv(teacher, out, "SOLVER.MAX_ITER", "4", flags=flags),
+                               capture_output=True, text=True)  # fmt: skip
+        assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
+        assert re.search(message, again.stderr), again.stderr[-2000:]
+        assert _digests(out) == before
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_final.pth")
+    export = [sys.executable, os.path.join(REPO, "tools", "export_student.py"), "--run-dir", out]
+    first = subprocess.run(export, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    exported = _digests(out)
+    os.utime(os.path.join(out, "student.pth"), (0, 0))
+    second = subprocess.run(export, capture_output=True, text=True)
+    assert second.returncode == 2 and "exist already" in second.stderr, second.stderr[-2000:]
+    assert _digests(out) == exported and os.path.getmtime(os.path.join(out, "student.pth")) == 0
+    third = subprocess.run(export + ["--overwrite"], capture_output=True, text=True)
+    assert third.returncode == 0 and os.path.getmtime(os.path.join(out, "student.pth")) > 0

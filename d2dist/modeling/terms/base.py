@@ -27,6 +27,7 @@ from ..targets import (
 
 __all__ = [
     "DISTILL_TERM_REGISTRY",
+    "MAX_TERM_WEIGHT",
     "AdaptedFeatureTerm",
     "DistillTerm",
     "TermOutput",
@@ -41,6 +42,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The largest weight a term may have. The terms' reference weights lie between 5e-7 (MGD) and 10
+# (PKD); a loss term weighted above 1e6 outweighs the student's own losses (about 1) by more than
+# float32 resolves (7 significant digits), so the total loss no longer carries them: such a weight
+# is a typo (1e30 for 1e-3), not a setting.
+MAX_TERM_WEIGHT = 1e6
 
 DISTILL_TERM_REGISTRY = Registry("DISTILL_TERM")
 DISTILL_TERM_REGISTRY.__doc__ = """
@@ -99,6 +106,13 @@ class DistillTerm(nn.Module):
                 f"MODEL.DISTILL.{self.CONFIG_KEY}.WEIGHT={weight!r}: a term's weight must be a "
                 "finite number >= 0 (a negative weight would push the student away from the "
                 "teacher). To turn the term off, remove it from MODEL.DISTILL.LOSSES."
+            )
+        if weight > MAX_TERM_WEIGHT:
+            raise ConfigError(
+                f"MODEL.DISTILL.{self.CONFIG_KEY}.WEIGHT={weight!r} is above {MAX_TERM_WEIGHT:g}: "
+                "the term would outweigh the student's own losses by more than float32 can "
+                "resolve, so training would follow the term alone. The terms' reference weights "
+                "lie between 5e-7 (MGD) and 10 (PKD): check the exponent."
             )
         self.weight = float(weight)
 

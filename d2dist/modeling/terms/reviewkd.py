@@ -72,8 +72,12 @@ class ReviewKD(DistillTerm):
         if not c.IN_FEATURES:
             raise ConfigError("MODEL.DISTILL.REVIEWKD.IN_FEATURES is empty; name the levels")
         check_levels(c.IN_FEATURES, "REVIEWKD")
-        if c.MID_CHANNELS < 1:
-            raise ConfigError(f"MODEL.DISTILL.REVIEWKD.MID_CHANNELS={c.MID_CHANNELS} must be >= 1")
+        width = c.MID_CHANNELS
+        if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
+            raise ConfigError(
+                f"MODEL.DISTILL.REVIEWKD.MID_CHANNELS={width!r}: the ABF width must be an int >= 1 "
+                "(a number of channels, e.g. 256)."
+            )
         s_shapes, t_shapes = check_feature_names(
             c.IN_FEATURES, student, teacher, "MODEL.DISTILL.REVIEWKD.IN_FEATURES"
         )
