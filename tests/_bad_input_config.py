@@ -8,7 +8,7 @@ a callable that checks the result of a row that works.
 import os
 
 import torch
-from _bad_input import CONFIGS, DISTILL_CFG, TEACHER_CFG, TEACHER_OPTS, _config
+from _bad_input import CONFIGS, DISTILL_CFG, TEACHER_CFG, TEACHER_OPTS, _config, _tool_error
 from _tiny import LAZY_TINY_DATA, tiny_cfg
 from _tools import load_tool
 from detectron2.modeling import build_model
@@ -227,4 +227,24 @@ CONFIG_ROWS = [
     ("--resume after a _BASE_ file of the teacher's config changed",
      lambda c, _: _resume_with_a_changed_teacher_file(c, "base"),
      r"teacher config's _BASE_ file '.*t_base.yaml' \(contents\): [0-9a-f]{12} -> [0-9a-f]{12}"),
+]  # fmt: skip
+
+
+def _yacs_student_with_a_misspelled_override(ctx, capsys):
+    from d2dist.modeling.lazy import yacs_model
+
+    student = os.path.join(CONFIGS, "faster_rcnn_R18_FPN_1x.yaml")
+    yacs_model(student, opts=["MODEL.RESNET.DEPTH", "18"])
+
+
+CONFIG_ROWS += [
+    ("export: a misspelled override names the closest key",
+     lambda c, cap: _tool_error("export_student", ["--config-file", DISTILL_CFG,
+                                                   "SOLVER.MAX_ITERS", "3"], cap),
+     r"export_student.py: error: command-line overrides: Non-existent key: SOLVER.MAX_ITERS.*"
+     r"The closest key is SOLVER.MAX_ITER"),
+    ("LazyConfig: a yacs student (yacs_model) with a misspelled override",
+     _yacs_student_with_a_misspelled_override,
+     r"yacs_model\('.*faster_rcnn_R18_FPN_1x.yaml'\), opts=.*Non-existent key: MODEL.RESNET.DEPTH"
+     r".*The closest key is MODEL.RESNETS.DEPTH"),
 ]  # fmt: skip

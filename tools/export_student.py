@@ -20,8 +20,9 @@ import sys
 from detectron2.config import LazyConfig
 from detectron2.utils.logger import setup_logger
 
-from d2dist.config import get_cfg, merge_config_file
+from d2dist.config import get_cfg, merge_config_file, merge_overrides
 from d2dist.engine.export import export_lazy_student, export_student, run_checkpoint
+from d2dist.engine.lazy_checks import apply_overrides
 from d2dist.errors import ConfigError, RunFault
 
 
@@ -68,25 +69,20 @@ def main(argv=None) -> int:
         lazy = _is_lazy(config_file)
         if lazy:
             try:
-                cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), args.opts)
+                cfg = LazyConfig.load(config_file)
             except Exception as e:  # a user's Python config: any exception is possible
                 raise ConfigError(
                     f"could not load the LazyConfig {config_file!r} with overrides {args.opts}: "
                     f"{type(e).__name__}: {e}"
                 ) from e
+            cfg = apply_overrides(cfg, args.opts, config_file)  # each key checked first
             out_dir = cfg.train.output_dir
         else:
             cfg = get_cfg(*args.config_function)
-            try:
-                merge_config_file(cfg, config_file, f"config {config_file!r}")
-                cfg.merge_from_list(args.opts)
-            except ConfigError:
-                raise
-            except (KeyError, ValueError, AssertionError) as e:
-                raise ConfigError(
-                    f"config {config_file!r}: {e} (a project's keys need --config-function "
-                    "MODULE.FUNCTION)"
-                ) from e
+            # keys and value types checked as they are read (a project's keys need
+            # --config-function MODULE.FUNCTION, which the messages say)
+            merge_config_file(cfg, config_file, f"config {config_file!r}")
+            merge_overrides(cfg, args.opts, "command-line overrides")
             out_dir = cfg.OUTPUT_DIR
         run_dir = args.run_dir or out_dir
         if args.checkpoint:

@@ -17,12 +17,12 @@ registered term (and checks) as a yacs config's ``MODEL.DISTILL.<NAME>`` namespa
 adapters' widths come from the two models' ``output_shape()``.
 """
 
+import os
 from typing import Optional, Sequence
 
-from detectron2.config import CfgNode
 from torch import nn
 
-from ..config import get_cfg
+from ..config import get_cfg, merge_config_file, merge_overrides
 from ..errors import ConfigError
 from .teacher import Teacher, build_meta_arch, build_teacher
 
@@ -55,11 +55,13 @@ def yacs_model(
 ) -> nn.Module:
     """The (untrained) model of a yacs config file, for a LazyConfig Distiller's ``student``."""
     cfg = get_cfg(*config_functions)
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError, OSError) as e:
-        raise ConfigError(f"yacs_model({config_file!r}, opts={list(opts)}): {e}") from e
+    what = f"yacs_model({config_file!r})"
+    if not os.path.isfile(config_file):
+        raise ConfigError(
+            f"{what}: the config file does not exist (working directory {os.getcwd()})"
+        )
+    merge_config_file(cfg, config_file, what)  # keys and value types checked as they are read
+    merge_overrides(cfg, list(opts), f"{what}, opts={list(opts)}")
     cfg.MODEL.DEVICE = "cpu"
     return build_meta_arch(cfg, cfg.MODEL.META_ARCHITECTURE, f"{config_file}: META_ARCHITECTURE")
 
