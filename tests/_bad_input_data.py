@@ -304,3 +304,34 @@ DATA_ROWS.append(
     ("LazyConfig: a test set without annotations", _lazy_test_set_without_annotations,
      r"lazy_no_annotations.*(no annotations|without annotations|cannot be scored)"),
 )  # fmt: skip
+
+
+def _unreadable_annotations(ctx, capsys):
+    """A registered COCO-format dataset whose annotation file this user may not read. Root, who
+    runs these tests here, may read any file: the refusal is injected where it is opened (by
+    pycocotools, for Detectron2's load_coco_json)."""
+    import builtins
+    import errno
+
+    import pycocotools.coco
+
+    coco = _coco(ctx, "unreadable_json")
+    path = coco[2]
+
+    def refused(name, *args, **kwargs):
+        if os.path.abspath(name) == os.path.abspath(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        return builtins.open(name, *args, **kwargs)
+
+    pycocotools.coco.open = refused  # (the module's name `open`, before the builtin)
+    try:
+        return _run(ctx, capsys, "DATASETS.TRAIN", "('unreadable_json',)", coco=coco)
+    finally:
+        del pycocotools.coco.open
+
+
+DATA_ROWS.append(
+    ("a dataset whose annotation file cannot be read", _unreadable_annotations,
+     r"error: dataset 'unreadable_json' \(.*instances.json\) cannot be read: '.*instances.json': "
+     r"permission denied"),
+)  # fmt: skip

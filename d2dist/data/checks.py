@@ -91,7 +91,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunFault, os_error_cause
 
 __all__ = [
     "MAX_DROPPED",
@@ -594,6 +594,12 @@ def load_explained(name: str, *, training: bool = True, proposal_files=None, whi
         return get_detection_dataset_dicts(
             [name], filter_empty=False, proposal_files=proposal_files, check_consistency=False
         )
+    except OSError as e:  # a file that is missing, a directory, unreadable
+        raise RunFault(
+            f"{_dataset(name)} cannot be read: {e.filename or json_file!r}: {os_error_cause(e)}. "
+            "Its files must exist and be readable (datasets/README.md describes the layouts; "
+            "Detectron2's built-in datasets are looked for under $DETECTRON2_DATASETS)."
+        ) from e
     except (json.JSONDecodeError, KeyError, ValueError, TypeError, AssertionError) as e:
         if isinstance(e, AssertionError) and str(e) == f"Dataset '{name}' is empty!":
             raise ConfigError(
