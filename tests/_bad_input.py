@@ -104,27 +104,28 @@ def _config(ctx, name, text):
     return str(path)
 
 
-def _tool_error(tool, argv, capsys):
-    """A tool's ``main`` run as a user runs it: status 2 and a one-line message, no traceback."""
-    assert load_tool(tool).main(argv) == 2
+def _one_message(status, capsys):
+    """A tool's end as a user sees it: status 2 and its message, no traceback, raised as a
+    ConfigError for the row's check (d2dist's other errors, DataError and RunFault, are printed
+    alike)."""
     err = capsys.readouterr().err
     # (a logger whose handler holds an earlier test's captured, closed stdout reports that as a
     # "Logging error" with a traceback of its own: a test-process artefact, not the tool's)
     err = re.sub(r"--- Logging error ---.*?^Arguments:.*?$", "", err, flags=re.S | re.M)
-    assert "Traceback" not in err
+    assert status == 2 and "Traceback" not in err, (status, err[-3000:])
     raise ConfigError(err)
+
+
+def _tool_error(tool, argv, capsys):
+    """A tool's ``main`` run as a user runs it: status 2 and a one-line message, no traceback."""
+    _one_message(load_tool(tool).main(argv), capsys)
 
 
 def _as_tool(ctx, capsys, *extra, config=DISTILL_CFG, flags=()):
     """tools/train_net.py as a user runs it (through launch_cli): it must exit with status 2 and
-    print one message without a traceback, which is raised as a ConfigError for the row's check
-    (d2dist's other errors, DataError and RunFault, are printed alike)."""
+    print one message without a traceback (:func:`_one_message`)."""
     from d2dist.engine import launch_cli
 
     tool = load_tool("train_net")
     args = argument_parser().parse_args([*flags, "--config-file", config, *ctx.opts(*extra)])
-    status = launch_cli(tool.main, args)
-    err = capsys.readouterr().err
-    err = re.sub(r"--- Logging error ---.*?^Arguments:.*?$", "", err, flags=re.S | re.M)
-    assert status == 2 and "Traceback" not in err, (status, err[-3000:])
-    raise ConfigError(err)
+    _one_message(launch_cli(tool.main, args), capsys)

@@ -26,7 +26,7 @@ from ..data.checks import (
     show_classes,
 )
 from ..errors import ConfigError
-from .export import is_distiller_node
+from .export import is_distiller_node, student_meta_architecture
 
 __all__ = [
     "check_dataset_classes",
@@ -65,9 +65,7 @@ def _value(cfg: CfgNode, key: str):
 def model_classes(cfg: CfgNode) -> List[Tuple[str, int, str]]:
     """``(key, number of classes, metadata field)`` of each classifying head of ``cfg``'s model (a
     Distiller: its student's); empty for a meta-architecture not in :data:`HEADS`."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "Distiller":
-        arch = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    arch = student_meta_architecture(cfg)
     return [(key, int(_value(cfg, key)), field) for key, field in HEADS.get(arch, [])]
 
 

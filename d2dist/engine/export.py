@@ -22,9 +22,17 @@ __all__ = [
     "plain_student_config",
     "run_checkpoint",
     "student_config",
+    "student_meta_architecture",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def student_meta_architecture(cfg: CfgNode) -> str:
+    """The meta-architecture of ``cfg``'s model: a Distiller config's student's, else its own."""
+    if cfg.MODEL.META_ARCHITECTURE == "Distiller":
+        return cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    return cfg.MODEL.META_ARCHITECTURE
 
 
 def student_config(cfg: CfgNode) -> CfgNode:
@@ -133,20 +141,18 @@ def _student_weights(checkpoint: str, output: str, overwrite: bool = False):
         raise ConfigError(f"checkpoint {checkpoint!r} does not exist")
     if os.path.isdir(output) or output.endswith(os.sep):
         raise ConfigError(f"--output {output!r} is a directory; give the file to write (.pth).")
-    existing = [p for p in (output, os.path.splitext(output)[0] + ".yaml") if os.path.exists(p)]
-    if existing and not overwrite and not _is_same(output, checkpoint):
-        raise ConfigError(
-            f"--output {output!r}: {' and '.join(repr(p) for p in existing)} exist already (an "
-            "earlier export?), and an export never replaces files silently. Pass --overwrite to "
-            "replace them, or choose another --output."
-        )
-    if os.path.abspath(output) == os.path.abspath(checkpoint) or (
-        os.path.exists(output) and os.path.samefile(output, checkpoint)
-    ):
+    if _is_same(output, checkpoint):
         raise ConfigError(
             f"--output {output!r} is the checkpoint being exported: it would replace the run's "
             "checkpoint (optimizer, scheduler, adapters) by the student alone. Write the student "
             "to another file, e.g. student.pth next to it."
+        )
+    existing = [p for p in (output, os.path.splitext(output)[0] + ".yaml") if os.path.exists(p)]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"--output {output!r}: {' and '.join(repr(p) for p in existing)} exist already (an "
+            "earlier export?), and an export never replaces files silently. Pass --overwrite to "
+            "replace them, or choose another --output."
         )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)

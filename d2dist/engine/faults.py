@@ -40,7 +40,9 @@ __all__ = [
     "InterruptibleHooks",
     "Preempted",
     "PreemptionHook",
+    "preemption_hook_of",
     "preemption_hooks",
+    "save_as_iteration",
     "save_last_complete",
     "saving_last_complete",
     "stopping_on_signals",
@@ -188,8 +190,7 @@ class PreemptionHook(HookBase):
         if not signum:
             return
         iteration = self.trainer.iter
-        name = f"model_{iteration:07d}"
-        self.checkpointer.save(name, iteration=iteration)
+        name = save_as_iteration(self.trainer, self.checkpointer, iteration)
         comm.synchronize()
         logger.warning(
             f"Received {signal.Signals(signum).name} at iteration {iteration}: saved {name}.pth "
@@ -245,8 +246,8 @@ def stopping_on_signals(trainer, preemption: PreemptionHook):
         iteration = preemption.last_complete
         what = "nothing (no iteration had completed in this run)"
         if iteration is not None and comm.is_main_process():
-            preemption.checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
-            what = f"model_{iteration:07d}.pth, its state after iteration {iteration},"
+            saved = save_as_iteration(trainer, preemption.checkpointer, iteration)
+            what = f"{saved}.pth, its state after iteration {iteration},"
         logger.warning(
             f"Received {signal.Signals(preemption.signal).name}; then the run failed "
             f"({type(e).__name__}: {str(e)[:200]}), as the signal's other processes ended: "
@@ -265,9 +266,7 @@ def stopping_on_signals(trainer, preemption: PreemptionHook):
             iteration = trainer.iter
             what = "nothing (this process does not save)"
             if comm.is_main_process():
-                saved = f"model_{iteration:07d}"
-                preemption.checkpointer.save(saved, iteration=iteration)
-                what = f"{saved}.pth"
+                what = f"{save_as_iteration(trainer, preemption.checkpointer, iteration)}.pth"
             when = f"at iteration {iteration}" + (
                 ""
                 if e.in_step
@@ -306,7 +305,7 @@ def saving_last_complete(trainer, checkpointer):
             if saved
             else "nothing was saved (no iteration had completed; the periodic checkpoints stay)"
         )
-        preemption = _preemption_hook(trainer)
+        preemption = preemption_hook_of(trainer)
         if preemption is not None and preemption.signal:
             name = signal.Signals(preemption.signal).name
             logger.warning(
@@ -320,7 +319,8 @@ def saving_last_complete(trainer, checkpointer):
         raise
 
 
-def _preemption_hook(trainer) -> Optional[PreemptionHook]:
+def preemption_hook_of(trainer) -> Optional[PreemptionHook]:
+    """The trainer's :class:`PreemptionHook` (None without one)."""
     for hook in getattr(trainer, "_hooks", ()):
         if isinstance(hook, PreemptionHook):
             return hook
@@ -367,22 +367,31 @@ def save_last_complete(trainer, checkpointer):
     last = trainer.iter - 1
     if last < trainer.start_iter:
         return None
-    inner = getattr(trainer, "_trainer", None)
     current = trainer.iter
-    trainer.iter = last
-    if inner is not None:
-        inner.iter = last
-    try:
-        name = f"model_{last:07d}"
-        checkpointer.save(name, iteration=last)
-    finally:
-        trainer.iter = current
-        if inner is not None:
-            inner.iter = current
+    name = save_as_iteration(trainer, checkpointer, last)
     logger.warning(
         f"The run stopped at iteration {current}: saved {name}.pth (its state after "
         f"iteration {last}) in {checkpointer.save_dir}; continue with --resume."
     )
+    return name
+
+
+def save_as_iteration(trainer, checkpointer, iteration: int) -> str:
+    """Save the trainer's state as that after ``iteration`` (``model_<iteration>.pth``, with the
+    trainer's own iteration set to it while saving, so that ``--resume`` continues after it);
+    returns the checkpoint's name. Only the main process writes (the checkpointer's rule)."""
+    inner = getattr(trainer, "_trainer", None)
+    current = trainer.iter
+    trainer.iter = iteration
+    if inner is not None:
+        inner.iter = iteration
+    try:
+        name = f"model_{iteration:07d}"
+        checkpointer.save(name, iteration=iteration)
+    finally:
+        trainer.iter = current
+        if inner is not None:
+            inner.iter = current
     return name
 
 

@@ -40,10 +40,10 @@ from ..evaluation import build_evaluator
 from ..modeling.meta_arch.distiller import split_distiller_state
 from .data_checks import check_dataset_classes, test_dataset_dicts, train_dataset_dicts
 from .data_checks import weighted_sampler
-from .export import student_config
+from .export import student_config, student_meta_architecture
 from .faults import (
     CheckedMapper,
-    PreemptionHook,
+    preemption_hook_of,
     preemption_hooks,
     saving_last_complete,
     stopping_on_signals,
@@ -321,13 +321,10 @@ class DistillationMixin:
         student = _evaluated_model(model)
         check_test_augmentation(cfg, cls, student)
         logger.info("Running inference with test-time augmentation ...")
-        tta = GeneralizedRCNNWithTTA(data_config(cfg), student)
-        evaluators = [
-            cls.build_evaluator(
-                data_config(cfg), name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
-            )
-            for name in cfg.DATASETS.TEST
-        ]
+        data = data_config(cfg)
+        tta = GeneralizedRCNNWithTTA(data, student)
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(data, name, folder) for name in cfg.DATASETS.TEST]
         results = cls.test(cfg, tta, evaluators)
         return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
 
@@ -372,7 +369,7 @@ class DistillationMixin:
         without_tracebacks_of_d2dist_errors()
         if comm.is_main_process():
             lock_output_dir(self.cfg.OUTPUT_DIR)
-        preemption = next(h for h in self._hooks if isinstance(h, PreemptionHook))
+        preemption = preemption_hook_of(self)
         try:
             with stopping_on_signals(self, preemption):
                 return super().train()
@@ -404,7 +401,7 @@ def data_config(cfg):
         return cfg
     out = cfg.clone()
     out.defrost()
-    out.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    out.MODEL.META_ARCHITECTURE = student_meta_architecture(cfg)
     out.freeze()
     return out
 
@@ -421,9 +418,7 @@ def _evaluated_model(model: nn.Module) -> nn.Module:
 def check_test_augmentation(cfg, trainer: type, model: Optional[nn.Module] = None) -> None:
     """``TEST.AUG.ENABLED`` needs a GeneralizedRCNN (Detectron2's test-time augmentation supports
     nothing else): checked when the trainer is built, so that a run is not refused after it."""
-    student = cfg.MODEL.META_ARCHITECTURE
-    if student == "Distiller":
-        student = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+    student = student_meta_architecture(cfg)
     name = type(model).__name__ if model is not None else student
     if (model is not None and not isinstance(model, GeneralizedRCNN)) or (
         model is None and student != "GeneralizedRCNN"
@@ -550,7 +545,7 @@ class Trainer(DistillationMixin, DefaultTrainer):
         ``DATASETS.TRAIN`` is loaded once and checked before training
         (:mod:`d2dist.data.checks`: faults named, boxes outside the images dropped and
         counted)."""
-        if cfg.INPUT.CROP.ENABLED and _student_meta_architecture(cfg) == "SemanticSegmentor":
+        if cfg.INPUT.CROP.ENABLED and student_meta_architecture(cfg) == "SemanticSegmentor":
             augmentations = sem_seg_train_augmentations(cfg)
             mapper = DatasetMapper(cfg, is_train=True, augmentations=augmentations)
         else:
@@ -598,12 +593,6 @@ def clip_full_model(optimizer, max_norm: float, norm_type: float = 2.0):
         base.__name__ + "WithFullModelGradientClipping", (base,), {"step": step}
     )
     return optimizer
-
-
-def _student_meta_architecture(cfg) -> str:
-    if cfg.MODEL.META_ARCHITECTURE == "Distiller":
-        return cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
-    return cfg.MODEL.META_ARCHITECTURE
 
 
 def sem_seg_train_augmentations(cfg):
