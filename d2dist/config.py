@@ -23,7 +23,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _d2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from .errors import ConfigError, RunFault, os_error_cause
+from .errors import ConfigError, RunFault, a_type, os_error_cause
 
 __all__ = [
     "ConfigError",
@@ -421,20 +421,26 @@ def check_pixel_statistics(cfg: CN, where: str) -> None:
     finite numbers, one per channel each, standard deviations > 0 (images are divided by them: a
     zero makes every value infinite, and the first step NaN)."""
     mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
-    if not all(_is_number(x) and math.isfinite(x) for x in mean):
+    if not all(is_number(x) and math.isfinite(x) for x in mean):
         raise ConfigError(
             f"{where}: MODEL.PIXEL_MEAN={mean}: the channel means must be finite numbers."
         )
-    if not all(_is_number(x) and math.isfinite(x) and x > 0 for x in std):
-        raise ConfigError(
-            f"{where}: MODEL.PIXEL_STD={std}: the channel standard deviations must be finite and "
-            "> 0 (the images are divided by them; use 1.0 for a channel not to be scaled, as "
-            "Detectron2's ImageNet-initialised configs do: [1.0, 1.0, 1.0])."
-        )
+    check_pixel_std(std, f"{where}: MODEL.PIXEL_STD")
     if len(mean) != len(std):
         raise ConfigError(
             f"{where}: MODEL.PIXEL_MEAN={mean} and MODEL.PIXEL_STD={std} must have one value per "
             "image channel each (the same length)."
+        )
+
+
+def check_pixel_std(std: Sequence, key: str) -> None:
+    """``std``, the pixel standard deviations ``key`` gives (yacs's ``MODEL.PIXEL_STD``, a
+    LazyConfig model's ``pixel_std``): finite numbers > 0."""
+    if not all(is_number(x) and math.isfinite(x) and x > 0 for x in std):
+        raise ConfigError(
+            f"{key}={list(std)}: the channel standard deviations must be finite and > 0 (the "
+            "images are divided by them; use 1.0 for a channel not to be scaled, as Detectron2's "
+            "ImageNet-initialised configs do: [1.0, 1.0, 1.0])."
         )
 
 
@@ -477,9 +483,7 @@ def _check_value(key: str, value, current, where: str) -> None:
             fix = f": write {float(value)!r}"
     if ok:
         return
-    given = "None" if value is None else f"{value!r}, {_article(type(value).__name__)}"
-    if isinstance(value, (list, tuple)) and value:
-        given += f" of {', '.join(sorted({type(x).__name__ for x in value}))}"
+    given = "None" if value is None else f"{value!r}, {a_type(value, items=True)}"
     raise ConfigError(
         f"{where}: config key: {key} takes {expected} (like its current value, {current!r}), but "
         f"was given {given}{fix}. {KEYS_AND_TYPES}"
@@ -488,7 +492,7 @@ def _check_value(key: str, value, current, where: str) -> None:
 
 def _items_fit(value, current) -> bool:
     """The items of a list for a key whose list holds only numbers (or only strings) are so too."""
-    for kind in (_is_number, lambda x: isinstance(x, str)):
+    for kind in (is_number, lambda x: isinstance(x, str)):
         if current and all(kind(x) for x in current):
             return all(kind(x) for x in value)
     return True
@@ -501,19 +505,16 @@ def _kind_of(current) -> str:
         return "True or False"
     if isinstance(current, (list, tuple)):
         items = ""
-        if current and all(_is_number(x) for x in current):
+        if current and all(is_number(x) for x in current):
             items = " of numbers"
         elif current and all(isinstance(x, str) for x in current):
             items = " of strings"
         return f"a list{items}"
-    return _article(type(current).__name__)
+    return a_type(current)
 
 
-def _article(name: str) -> str:
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def _is_number(x) -> bool:
+def is_number(x) -> bool:
+    """An int or a float, not a bool."""
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 

@@ -15,9 +15,11 @@ __all__ = [
     "DataError",
     "RunFault",
     "UNREADABLE_CHECKPOINT",
+    "a_type",
     "incompatible_keys",
     "is_write_failure",
     "os_error_cause",
+    "with_article",
 ]
 
 # What reading a checkpoint file that cannot be used raises: missing (fvcore asserts, OSError), cut
@@ -117,6 +119,20 @@ def is_write_failure(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and (
         "unexpected pos" in text or "PytorchStreamWriter failed" in text
     )
+
+
+def with_article(name: str) -> str:
+    """``name`` after "a" or "an" ("an int", "a str"), for messages."""
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+
+
+def a_type(value, items: bool = False) -> str:
+    """The type of ``value`` after "a" or "an" ("a float"), for messages; with ``items``, the types
+    of a list's (or tuple's) items too ("a list of int, str")."""
+    phrase = with_article(type(value).__name__)
+    if items and isinstance(value, (list, tuple)) and value:
+        phrase += f" of {', '.join(sorted({type(x).__name__ for x in value}))}"
+    return phrase
 
 
 def incompatible_keys(incompatible, model: str = "the model", most: Optional[int] = 8) -> List[str]:

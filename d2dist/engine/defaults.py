@@ -17,7 +17,13 @@ from detectron2.engine import default_argument_parser, default_setup, hooks, lau
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import check_pixel_statistics, get_cfg, merge_config_file, merge_overrides
+from ..config import (
+    KEYS_AND_TYPES,
+    check_pixel_statistics,
+    get_cfg,
+    merge_config_file,
+    merge_overrides,
+)
 from ..data.checks import register_coco_format
 from ..errors import D2DIST_ERRORS, ConfigError, RunFault, os_error_cause
 from ..modeling.teacher import FLOAT16_ON_CPU
@@ -67,10 +73,7 @@ def _merge(cfg: CfgNode, merge: Callable, value, source: str) -> None:
         raise
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         hint = _PROJECT_KEYS if "Non-existent" in str(e) else ""
-        raise ConfigError(
-            f"{source}: {e}. Keys and value types must be those of Detectron2's config (see "
-            f"detectron2/config/defaults.py) or d2dist's MODEL.DISTILL (README).{hint}"
-        ) from e
+        raise ConfigError(f"{source}: {e}. {KEYS_AND_TYPES}{hint}") from e
 
 
 def register_coco_datasets(datasets: Sequence[Sequence[str]]) -> None:

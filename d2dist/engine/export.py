@@ -49,16 +49,21 @@ def student_config(cfg: CfgNode) -> CfgNode:
     return scfg
 
 
-def is_distiller_node(node) -> bool:
-    """Whether a LazyConfig node instantiates d2dist's Distiller (or a subclass)."""
+def lazy_target(node):
+    """What a LazyConfig node's ``_target_`` names (a dotted name located), None for a node
+    without one or a value that is not a node."""
     from detectron2.utils.registry import locate
     from omegaconf import DictConfig
 
+    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
+    return locate(target) if isinstance(target, str) else target
+
+
+def is_distiller_node(node) -> bool:
+    """Whether a LazyConfig node instantiates d2dist's Distiller (or a subclass)."""
     from ..modeling import Distiller
 
-    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
-    if isinstance(target, str):
-        target = locate(target)
+    target = lazy_target(node)
     return isinstance(target, type) and issubclass(target, Distiller)
 
 

@@ -24,14 +24,13 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.checks import checked_dataset_dicts
 from ..errors import ConfigError
 from .data_checks import check_lazy_classes
 from .defaults import add_run_arguments, check_output_dir, plain_text_logs, resolve_device
-from .export import for_evaluation, is_distiller_node
+from .export import for_evaluation, is_distiller_node, lazy_target
 from .faults import (
     CheckedMapper,
     preemption_hooks,
@@ -152,9 +151,7 @@ def _checked_dataset(node, split: str):
     records when loaded: Detectron2's ``get_detection_dataset_dicts`` becomes
     :func:`d2dist.data.checked_dataset_dicts` with the same arguments; a node that checks already
     stays; None for any other loader (which d2dist cannot check)."""
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if isinstance(target, str):
-        target = locate(target)
+    target = lazy_target(node)
     if target is checked_dataset_dicts:
         return node
     if target is not get_detection_dataset_dicts:

@@ -43,7 +43,8 @@ from detectron2.data import get_detection_dataset_dicts
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..errors import ConfigError
+from ..config import check_pixel_std, is_number
+from ..errors import ConfigError, a_type, with_article
 from ..modeling.lazy import teacher_from_file
 from ..modeling.teacher import FLOAT16_ON_CPU, Teacher
 
@@ -190,7 +191,7 @@ def _target(node: DictConfig, path: str):
             ) from e
     if not callable(target):
         raise ConfigError(
-            f"{path}._target_={node['_target_']!r} is {_article(target)}, not a class or function "
+            f"{path}._target_={node['_target_']!r} is {a_type(target)}, not a class or function "
             "to call."
         )
     return target
@@ -245,8 +246,9 @@ def _check_node(node: DictConfig, path: str, device: str) -> None:
         known = _KNOWN.get(target, {}).get(key)
         if known:
             _check_range(f"{path}.{key}", value, *known, f"{name}'s {key}")
-        if key == "pixel_std":
-            _check_pixel_std(f"{path}.{key}", value)
+        # (a pixel_std not a list of numbers is its annotation's to judge)
+        if key == "pixel_std" and isinstance(value, (list, tuple)) and all(map(is_number, value)):
+            check_pixel_std(value, f"{path}.{key}")
         if target in _TEACHERS and key == "autocast" and value == "float16" and device:
             if torch.device(device).type == "cpu":
                 raise ConfigError(
@@ -268,8 +270,8 @@ def _value(node: DictConfig, key):
 def _check_type(value, param: inspect.Parameter, where: str, what: str) -> None:
     if _fits(param.annotation, value) is False:
         raise ConfigError(
-            f"{where}={value!r}: {what} is {_describe(param.annotation)}, not {_article(value)}"
-            f"{_items(value)}. Give a value of that type."
+            f"{where}={value!r}: {what} is {_describe(param.annotation)}, not "
+            f"{a_type(value, items=True)}. Give a value of that type."
         )
 
 
@@ -337,34 +339,17 @@ def _describe(annotation) -> str:
     if origin in (list, tuple, collections.abc.Sequence) and args:
         return f"a list of {_describe(args[0]).split(' ', 1)[-1]}s"
     if isinstance(annotation, type):
-        return _article_name(annotation.__name__)
+        return with_article(annotation.__name__)
     return str(annotation)
-
-
-def _items(value) -> str:
-    if isinstance(value, (list, tuple)):
-        kinds = sorted({type(v).__name__ for v in value})
-        return f" of {', '.join(kinds)}" if kinds else ""
-    return ""
 
 
 # ---- values
 
 
-def _check_pixel_std(where: str, value) -> None:
-    if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
-        return  # not judged (its type is its annotation's)
-    if not all(math.isfinite(v) and v > 0 for v in value):
-        raise ConfigError(
-            f"{where}={list(value)}: the channel standard deviations must be finite and > 0 (the "
-            "images are divided by them; use 1.0 for a channel not to be scaled)."
-        )
-
-
 def _check_range(where: str, value, kind, least: int, what: str) -> None:
     if not (isinstance(value, kind) and not isinstance(value, bool) and value >= least):
         raise ConfigError(
-            f"{where}={value!r}: {what} must be {_article_name(kind.__name__)} >= {least}."
+            f"{where}={value!r}: {what} must be {with_article(kind.__name__)} >= {least}."
         )
 
 
@@ -384,9 +369,9 @@ def _check_train(train: DictConfig) -> None:
                 continue
             problem = f"train.{key}={value!r}:"
         else:
-            problem = f"train.{key}={value!r} is {_article(value)};"
+            problem = f"train.{key}={value!r} is {a_type(value)};"
         raise ConfigError(
-            f"{problem} it must be {_article_name(kind.__name__)} >= {least} ({meaning})."
+            f"{problem} it must be {with_article(kind.__name__)} >= {least} ({meaning})."
         )
 
 
@@ -418,15 +403,3 @@ def _check_datasets(cfg: DictConfig, training: bool) -> None:
                 "datasets/README.md); register your own with DatasetCatalog.register (or "
                 "register_coco_instances) before the run, e.g. in the config file."
             )
-
-
-def _is_number(value) -> Optional[bool]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _article(value) -> str:
-    return _article_name(type(value).__name__)
-
-
-def _article_name(name: str) -> str:
-    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"

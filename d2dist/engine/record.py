@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from ..errors import UNREADABLE_CHECKPOINT, ConfigError
+from ..errors import UNREADABLE_CHECKPOINT, ConfigError, a_type
 
 __all__ = [
     "ALLOWED_CHANGES",
@@ -319,10 +319,10 @@ def _garbled(record) -> str:
     """What is wrong with a saved run record, "" when it has the layout :func:`run_record`
     writes."""
     if not isinstance(record, dict):
-        return f"{_article(record)}, not a mapping"
+        return f"{a_type(record)}, not a mapping"
     config = record.get("config")
     if not isinstance(config, dict):
-        return f"its 'config' is {_article(config)}, not a mapping of keys to values"
+        return f"its 'config' is {a_type(config)}, not a mapping of keys to values"
     bad = [k for k, v in config.items() if not (isinstance(k, str) and isinstance(v, str))]
     if bad:
         return f"config entries that are not text: {bad[:5]}"
@@ -330,21 +330,16 @@ def _garbled(record) -> str:
     if teacher is None:
         return ""
     if not isinstance(teacher, dict):
-        return f"its 'teacher' is {_article(teacher)}, not a mapping"
+        return f"its 'teacher' is {a_type(teacher)}, not a mapping"
     for key in ("source", "weights", "weights_sha256", "config_sha256"):
         if not isinstance(teacher.get(key, ""), str):
-            return f"its teacher's {key!r} is {_article(teacher[key])}, not text"
+            return f"its teacher's {key!r} is {a_type(teacher[key])}, not text"
     files = teacher.get("config_files", [])
     pairs = isinstance(files, list) and all(
         isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, str) for x in f)
         for f in files
     )
     return "" if pairs else "its teacher's 'config_files' is not a list of [path, sha256] pairs"
-
-
-def _article(value) -> str:
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _read_record(checkpoint: str):
