@@ -11,6 +11,27 @@ from d2dist.losses import dist_loss
 from d2dist.modeling.adapters import ReviewKDAdapter
 
 
+def test_the_term_classes_are_importable_by_name():
+    """``@register_term`` returns the class: ``from d2dist.modeling.terms import DIST`` is the
+    registered class (fvcore's ``Registry.register(cls)`` alone returns None), so a term can be
+    built by hand from its constructor arguments."""
+    from d2dist.modeling import terms
+    from d2dist.modeling.terms import DISTILL_TERM_REGISTRY, register_term
+
+    names = [name for name, _ in DISTILL_TERM_REGISTRY]
+    assert {"DIST", "CrossKD", "ReviewKD", "MGD", "FGD"} <= set(names)
+    for name in names:
+        assert getattr(terms, name) is DISTILL_TERM_REGISTRY.get(name), name
+
+    class MyTerm(terms.DistillTerm):
+        pass
+
+    try:
+        assert register_term(MyTerm) is MyTerm
+    finally:
+        DISTILL_TERM_REGISTRY._obj_map.pop("MyTerm")
+
+
 def _shapes(widths, strides):
     return {
         f"p{i}": ShapeSpec(channels=c, stride=s) for i, (c, s) in enumerate(zip(widths, strides), 2)

@@ -74,7 +74,8 @@ def register_term(cls=None):
             "LOSSES and, in capitals, its config namespace); name the class that way and use "
             "@register_term"
         )
-    return DISTILL_TERM_REGISTRY.register(cls)
+    DISTILL_TERM_REGISTRY.register(cls)  # fvcore's register(obj) returns None
+    return cls
 
 
 class TermOutput(NamedTuple):
