@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from _tiny import build_distiller, distill_cfg, inputs, tiny_cfg, write_teacher
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from d2dist.config import ConfigError
@@ -32,6 +33,37 @@ def test_aligned_iou():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 1.0, 1.0]])
     torch.testing.assert_close(box_iou_aligned(a, b), torch.tensor([1.0 / 7, 1.0]))
+
+
+def test_retinanet_box_regression_weighs_ignored_anchors_zero_like_the_authors():
+    """The authors weigh each anchor's box loss by the teacher's top class probability and zero it
+    where the classification weight is 0 (the anchors RetinaNet's matcher ignores, IoU in
+    [0.4, 0.5)). Three anchors, all decoding the cross-head to [0, 0, 10, 10]; the teacher's boxes
+    [0, 0, 10, 12] (positive), [5, 5, 15, 15] (negative), [2, 0, 12, 10] (ignored)."""
+    from d2dist.modeling.terms.crosskd import CrossKD
+
+    student = build_model(tiny_cfg("retinanet"))
+    term = CrossKD(weight=1.0, student=student, depth=3, cls_weight=1.0, reg_weight=1.0, beta=1.0)
+    anchor = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(3, 1)
+    teacher_boxes = torch.tensor([[0.0, 0.0, 10.0, 12.0], [5.0, 5.0, 15.0, 15.0],
+                                  [2.0, 0.0, 12.0, 10.0]])  # fmt: skip
+    t_deltas = student.box2box_transform.get_deltas(anchor, teacher_boxes)
+    t_logits = torch.tensor([[1.0, -3.0], [-2.0, -5.0], [0.5, -1.0]])  # max: 1, -2, 0.5
+    valid = torch.tensor([[1.0, 1.0, 0.0]])  # the classification weights: ignored -> 0
+    reg = term._regression(
+        [Boxes(anchor)], torch.zeros(1, 3, 4), t_deltas[None], t_logits[None], valid
+    )
+    # GIoU losses by hand: 1 - 100/120; 1 - (25/175 - (225 - 175)/225); (ignored: 1 - 80/120)
+    sig = torch.sigmoid
+    expected = sig(torch.tensor(1.0)) * (1 - 100 / 120) + sig(torch.tensor(-2.0)) * (
+        1 - (25 / 175 - 50 / 225)
+    )
+    torch.testing.assert_close(reg, expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(reg) - 0.25051) < 1e-4  # the value of the authors' formula
+    everywhere = term._regression(
+        [Boxes(anchor)], torch.zeros(1, 3, 4), t_deltas[None], t_logits[None], torch.ones(1, 3)
+    )
+    assert abs(float(everywhere) - 0.45799) < 1e-4  # the ignored anchor counted: d2dist before
 
 
 def _copy_of_the_teacher(arch, depth):

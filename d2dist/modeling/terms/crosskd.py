@@ -59,8 +59,9 @@ class CrossKD(DistillTerm):
     the teacher's own: classification by a quality-focal KD (RetinaNet: anchors the student's
     matcher ignores weigh 0), box regression on boxes decoded from the same anchors for both
     (RetinaNet: GIoU loss; FCOS: IoU loss, ``-log IoU``) weighted per anchor by the teacher's
-    highest class probability. Both are normalised as the authors do: by the number of positive
-    anchors (RetinaNet) or the sum of the positives' centerness targets (FCOS).
+    highest class probability (RetinaNet: 0 at ignored anchors, as for classification). Both
+    are normalised as the authors do: by the number of positive anchors (RetinaNet) or the sum
+    of the positives' centerness targets (FCOS).
     ``loss = CLS_WEIGHT * cls + REG_WEIGHT * reg`` (times ``WEIGHT``). Defaults: the authors'
     RetinaNet settings (``DEPTH`` 3, 1.0, 1.0); FCOS: ``DEPTH`` 2, ``CLS_WEIGHT`` 0.4,
     ``REG_WEIGHT`` 0.75. R-CNN students are not supported (the authors' R-CNN branch is an
@@ -150,7 +151,9 @@ class CrossKD(DistillTerm):
             ) / normalizer  # fmt: skip
         if self.reg_weight:
             reg_cross = flat(value.cross(self.depth, "reg"), 4)
-            reg = self._regression(anchors, reg_cross, flat(value.teacher_deltas, 4), t_logits)
+            reg = self._regression(
+                anchors, reg_cross, flat(value.teacher_deltas, 4), t_logits, cls_weights
+            )
             parts["reg"] = reg / normalizer
         loss = sum(getattr(self, f"{name}_weight") * v for name, v in parts.items())
         return TermOutput(loss, parts)
@@ -171,13 +174,19 @@ class CrossKD(DistillTerm):
         normalizer = ctrness[positive].sum().float() if positive.any() else ctrness.new_zeros(())
         return torch.ones_like(labels, dtype=torch.float32), normalizer.clamp(min=1e-6)
 
-    def _regression(self, anchors, cross: Tensor, teacher: Tensor, t_logits: Tensor) -> Tensor:
+    def _regression(
+        self, anchors, cross: Tensor, teacher: Tensor, t_logits: Tensor, valid: Tensor
+    ) -> Tensor:
         """Box regression of the cross-head against the teacher's own, weighted per anchor by
-        ``sigmoid(max_c teacher logit)``: GIoU (RetinaNet) or ``-log IoU`` (FCOS), summed."""
+        ``sigmoid(max_c teacher logit)`` times ``valid`` (the classification weight of
+        :meth:`_assignment`: 0 at the anchors RetinaNet's matcher ignores, as the authors zero
+        the regression weight where the label weight is 0; all 1 for FCOS): GIoU (RetinaNet)
+        or ``-log IoU`` (FCOS), summed."""
         transform = self.student.box2box_transform
         anchors = Boxes.cat(anchors).tensor
         n = cross.shape[0]
-        weight = torch.sigmoid(t_logits.float().amax(dim=2)).reshape(-1)  # (N * R,)
+        weight = torch.sigmoid(t_logits.float().amax(dim=2)) * valid.float()
+        weight = weight.reshape(-1)  # (N * R,)
         a = anchors.repeat(n, 1)
         boxes_s = transform.apply_deltas(cross.float().reshape(-1, 4), a)
         boxes_t = transform.apply_deltas(teacher.float().reshape(-1, 4), a).detach()
