@@ -20,12 +20,18 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, BoxMode, Instances
 from torch import nn
 
+from d2dist.data.real_formats import (
+    TINY_HEIGHT,
+    TINY_WIDTH,
+    write_tiny_cityscapes,
+    write_tiny_coco,
+)
 from d2dist.engine import argument_parser
 
 pytestmark = pytest.mark.slow  # training and official evaluation on datasets in the real layouts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-H, W = 128, 256
+H, W = TINY_HEIGHT, TINY_WIDTH
 
 
 @META_ARCH_REGISTRY.register()
@@ -100,105 +106,10 @@ class GroundTruthOracle(nn.Module):
         return self._sem_seg_logits(labels, len(self.meta.stuff_classes))
 
 
-# ---- the tiny datasets ---------------------------------------------------------------------
-def _image(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
-
-
-def _write_coco(root: str) -> None:
-    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-
-    base = os.path.join(root, "coco")
-    os.makedirs(os.path.join(base, "annotations"), exist_ok=True)
-    os.makedirs(os.path.join(base, "val2017"), exist_ok=True)
-    categories = [
-        {"id": c["id"], "name": c["name"], "supercategory": "thing"}
-        for c in COCO_CATEGORIES
-        if c["isthing"]
-    ]
-    images, annotations = [], []
-    shapes = [  # (category id, polygon) per image: person, car, dog
-        [(1, [20, 20, 80, 20, 80, 100, 20, 100]), (3, [120, 40, 230, 40, 230, 110, 120, 110])],
-        [(18, [40, 30, 140, 30, 90, 120])],
-    ]
-    for i, objects in enumerate(shapes):
-        name = f"{i:012d}.jpg"
-        cv2.imwrite(os.path.join(base, "val2017", name), _image(i))
-        images.append({"id": i + 1, "file_name": name, "height": H, "width": W})
-        for cat, poly in objects:
-            xs, ys = poly[0::2], poly[1::2]
-            mask = np.zeros((H, W), np.uint8)
-            cv2.fillPoly(mask, [np.array(poly, np.int32).reshape(-1, 2)], 1)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": cat,
-                    "segmentation": [[float(v) for v in poly]],
-                    "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
-                    "area": float(mask.sum()),
-                    "iscrowd": 0,
-                }
-            )
-    with open(os.path.join(base, "annotations", "instances_val2017.json"), "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
-
-
-def _write_cityscapes(root: str) -> None:
-    from cityscapesscripts.helpers.annotation import Annotation
-    from cityscapesscripts.preparation import createTrainIdLabelImgs
-    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
-    from cityscapesscripts.preparation.json2labelImg import json2labelImg
-
-    base = os.path.join(root, "cityscapes")
-    city = "tinycity"
-    scenes = [  # polygons per image, in drawing order (later ones on top)
-        [("road", [[0, 64], [255, 64], [255, 127], [0, 127]]),
-         ("car", [[20, 70], [110, 70], [110, 120], [20, 120]]),
-         ("person", [[150, 20], [180, 20], [180, 110], [150, 110]])],
-        [("road", [[0, 80], [255, 80], [255, 127], [0, 127]]),
-         ("car", [[100, 60], [200, 60], [200, 115], [100, 115]]),
-         ("car", [[10, 85], [70, 85], [70, 125], [10, 125]])],
-    ]  # fmt: skip
-    for i, objects in enumerate(scenes):
-        stem = f"{city}_000000_{i:06d}"
-        img_dir = os.path.join(base, "leftImg8bit", "val", city)
-        gt_dir = os.path.join(base, "gtFine", "val", city)
-        os.makedirs(img_dir, exist_ok=True)
-        os.makedirs(gt_dir, exist_ok=True)
-        cv2.imwrite(os.path.join(img_dir, f"{stem}_leftImg8bit.png"), _image(10 + i))
-        polygons = os.path.join(gt_dir, f"{stem}_gtFine_polygons.json")
-        with open(polygons, "w") as f:
-            json.dump(
-                {
-                    "imgHeight": H,
-                    "imgWidth": W,
-                    "objects": [{"label": label, "polygon": poly} for label, poly in objects],
-                },
-                f,
-            )
-        json2labelImg(polygons, os.path.join(gt_dir, f"{stem}_gtFine_labelIds.png"), "ids")
-        # Cityscapes' instance ids are 16-bit PNGs; cityscapesscripts draws them as a 32-bit image
-        annotation = Annotation()
-        annotation.fromJsonFile(polygons)
-        ids = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.int64)
-        cv2.imwrite(os.path.join(gt_dir, f"{stem}_gtFine_instanceIds.png"), ids.astype(np.uint16))
-    # the preparation step of datasets/README.md: *_gtFine_labelTrainIds.png
-    old = os.environ.get("CITYSCAPES_DATASET")
-    os.environ["CITYSCAPES_DATASET"] = base
-    try:
-        createTrainIdLabelImgs.main()
-    finally:
-        if old is None:
-            del os.environ["CITYSCAPES_DATASET"]
-        else:
-            os.environ["CITYSCAPES_DATASET"] = old
-
-
 @pytest.fixture(scope="module")
 def real_datasets(datasets_root):
-    _write_coco(datasets_root)
-    _write_cityscapes(datasets_root)
+    write_tiny_coco(datasets_root)
+    write_tiny_cityscapes(datasets_root)
     return datasets_root
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "calibrate_norms",
     "cpu_model",
     "machine_description",
+    "prepare_distiller",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,33 @@ def _optimizer(cfg, module: torch.nn.Module):
     return build_optimizer(cfg, module)
 
 
+def prepare_distiller(cfg, *, batches: int, random_weights: bool, what: str):
+    """The Distiller of ``cfg`` in training mode, initialised as the trainer initialises a run
+    (teacher and student weights loaded), or with random weights whose norm statistics are
+    calibrated on the first batch (:func:`calibrate_norms`); and the first ``batches`` batches of
+    the config's training loader. ``what`` names the caller in the error for a plain config."""
+    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
+        raise ConfigError(
+            f"{what} measures distillation, but MODEL.META_ARCHITECTURE is "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}; pass a config with META_ARCHITECTURE 'Distiller' "
+            "(e.g. configs/Shapes-Detection/reviewkd_faster_rcnn_R18_from_R50_FPN_1x.yaml)."
+        )
+    model = build_model(cfg)  # the Distiller (Trainer.build_model: the student, for evaluation)
+    if not random_weights:  # as the trainer initialises a run
+        model.load_teacher()
+        with explained_load(StudentCheckpointer(model.student), cfg.MODEL.WEIGHTS, False):
+            initialise_student(model, cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+    model.train()
+    loader = iter(Trainer.build_train_loader(cfg))
+    prefetched = [next(loader) for _ in range(batches)]
+    del loader  # stops the data-loading workers
+    if random_weights:
+        calibrate_norms(model.student, model.teacher_wrapper, prefetched[0], cfg.INPUT.FORMAT)
+        model.teacher_wrapper.loaded = True  # random on purpose: measuring only, never trained
+        logger.info("%s: random weights, norm statistics calibrated on the first batch", what)
+    return model, prefetched
+
+
 def benchmark(
     cfg, *, iters: int, warmup: int, progress: Callable = None, random_weights: bool = False
 ) -> BenchmarkResult:
@@ -217,20 +245,11 @@ def benchmark(
             (:func:`calibrate_norms`): for timing configs whose checkpoints are not at hand.
             Otherwise the teacher and the student are initialised as the trainer does.
     """
-    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
-        raise ConfigError(
-            f"the benchmark measures distillation, but MODEL.META_ARCHITECTURE is "
-            f"{cfg.MODEL.META_ARCHITECTURE!r}; pass a config with META_ARCHITECTURE 'Distiller' "
-            "(e.g. configs/Shapes-Detection/reviewkd_faster_rcnn_R18_from_R50_FPN_1x.yaml)."
-        )
     if iters < 1 or warmup < 0:
         raise ConfigError(f"--iters must be >= 1 and --warmup >= 0; got {iters} and {warmup}.")
-    model = build_model(cfg)  # the Distiller (Trainer.build_model: the student, for evaluation)
-    if not random_weights:  # as the trainer initialises a run
-        model.load_teacher()
-        with explained_load(StudentCheckpointer(model.student), cfg.MODEL.WEIGHTS, False):
-            initialise_student(model, cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-    model.train()
+    model, batches = prepare_distiller(
+        cfg, batches=warmup + iters, random_weights=random_weights, what="the benchmark"
+    )
     device = model.device
     full_opt = build_optimizer(cfg, model)
     student_opt = build_optimizer(cfg, model.student)
@@ -238,14 +257,6 @@ def benchmark(
     # The step at which every term is on with weight factor 1 (after warm-up; the Distiller
     # refuses a schedule that stops before).
     iteration = model.warmup_iters
-
-    loader = iter(Trainer.build_train_loader(cfg))
-    batches = [next(loader) for _ in range(warmup + iters)]
-    del loader  # stops the data-loading workers
-    if random_weights:
-        calibrate_norms(model.student, model.teacher_wrapper, batches[0], cfg.INPUT.FORMAT)
-        model.teacher_wrapper.loaded = True  # random on purpose: timing only, nothing is trained
-        logger.info("benchmark: random weights, norm statistics calibrated on the first batch")
 
     memory = PeakMemory(device)
     result = BenchmarkResult(
