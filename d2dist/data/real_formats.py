@@ -10,8 +10,10 @@ on them: the tests' official-evaluator checks, the recipe smoke test and
 ``tools/loss_scale.py --tiny-datasets``.
 """
 
+import contextlib
 import json
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -125,7 +127,8 @@ def write_tiny_cityscapes(root: str, splits: Sequence[str] = ("train", "val")) -
     old = os.environ.get("CITYSCAPES_DATASET")
     os.environ["CITYSCAPES_DATASET"] = base
     try:
-        createTrainIdLabelImgs.main()
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines: not the caller's output
+            createTrainIdLabelImgs.main()
     finally:
         if old is None:
             del os.environ["CITYSCAPES_DATASET"]
