@@ -280,7 +280,7 @@ class DistillationMixin:
     def build_optimizer(cls, cfg, model):
         """The optimizer of the trainer's other bases, plus ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE
         "full_model"``: the norm of all gradients together clipped at ``CLIP_VALUE`` (what
-        mmdetection's ``grad_clip`` does, and the recipes of MGD, FGD and CrossKD use), besides
+        mmdetection's ``grad_clip`` does, and the MGD, FGD and CrossKD FCOS recipes use), besides
         Detectron2's per-parameter "value" and "norm"."""
         clip = cfg.SOLVER.CLIP_GRADIENTS
         if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
