@@ -5,7 +5,8 @@ the trainer's optimizer on the tiny COCO / Cityscapes datasets written in their 
 
 Images are resized to a shorter side of 256 (the tiny images are 128 x 256) instead of the recipes'
 640-1024, so that the layer stays within minutes; DeepLab recipes keep their training crop (their
-teacher's ASPP pools with a kernel fixed by it). ``tools/loss_scale.py --tiny-datasets`` runs the
+teacher's ASPP pools with a kernel fixed by it), and the LazyConfig recipe its ViTDet teacher's
+1024 px crops. ``tools/loss_scale.py --tiny-datasets`` runs the
 same at the recipes' own sizes and prints the values (docs/recipes.md).
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from d2dist.config import get_cfg
 from d2dist.data.real_formats import write_tiny_cityscapes, write_tiny_coco
+from d2dist.engine.lazy import load_lazy_config
 from d2dist.engine.loss_scale import measure_loss_scale
 
 pytestmark = pytest.mark.slow  # full-size models: seconds per iteration on a CPU
@@ -34,6 +36,10 @@ def _recipes():
             cfg.merge_from_file(path)
             if cfg.MODEL.META_ARCHITECTURE == "Distiller":
                 found.append(os.path.relpath(path, os.path.join(REPO, "configs")))
+        for path in sorted(glob.glob(os.path.join(REPO, "configs", family, "*.py"))):
+            with open(path) as f:
+                if "L(Distiller)" in f.read():
+                    found.append(os.path.relpath(path, os.path.join(REPO, "configs")))
     return found
 
 
@@ -44,6 +50,7 @@ def test_every_family_has_recipes():
     for family in FAMILIES:
         assert any(r.startswith(family + "/") for r in RECIPES), family
     assert "COCO-Detection/mgd_faster_rcnn_R50_from_R101_FPN_2x.yaml" in RECIPES
+    assert "COCO-InstanceSegmentation/distplus_mask_rcnn_R50_from_ViTDet_B_LSJ_1x.py" in RECIPES
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +66,23 @@ def test_recipe_runs_and_every_term_gives_a_finite_nonzero_loss(
 ):
     monkeypatch.chdir(tmp_path)  # teachers named relative to the working directory
     torch.manual_seed(0)
-    cfg = get_cfg()
-    cfg.merge_from_file(os.path.join(REPO, "configs", recipe))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2",
-                         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path)])  # fmt: skip
-    if not cfg.INPUT.CROP.ENABLED or cfg.MODEL.SEM_SEG_HEAD.NAME == "SemSegFPNHead":
-        cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "512",
-                             "INPUT.CROP.ENABLED", "False"])  # fmt: skip
-    cfg.freeze()
+    path = os.path.join(REPO, "configs", recipe)
+    if recipe.endswith(".py"):  # a LazyConfig recipe (ViTDet teacher: its 1024 px LSJ crops)
+        cfg = load_lazy_config(path, ["train.device=cpu", "dataloader.train.total_batch_size=2",
+                                      "dataloader.train.num_workers=0"])  # fmt: skip
+        losses = list(cfg.model.terms)
+    else:
+        cfg = get_cfg()
+        cfg.merge_from_file(path)
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2",
+                             "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path)])  # fmt: skip
+        if not cfg.INPUT.CROP.ENABLED or cfg.MODEL.SEM_SEG_HEAD.NAME == "SemSegFPNHead":
+            cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "512",
+                                 "INPUT.CROP.ENABLED", "False"])  # fmt: skip
+        cfg.freeze()
+        losses = [{"name": n} for n in cfg.MODEL.DISTILL.LOSSES]
     result = measure_loss_scale(cfg, iters=2, random_weights=True)
-    assert set(result.weighted) >= {f"loss_distill_{n.lower()}" for n in cfg.MODEL.DISTILL.LOSSES}
+    assert set(result.weighted) >= {f"loss_distill_{t['name'].lower()}" for t in losses}
     assert result.degenerate() == [], result.unweighted
     for key, values in result.weighted.items():
         assert all(math.isfinite(v) and v != 0.0 for v in values), (key, values)

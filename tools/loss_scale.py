@@ -3,6 +3,7 @@
 
     python tools/loss_scale.py --config-file CONFIG.yaml [--iters 4] [--random-weights]
                                [--tiny-datasets] [--device cpu|cuda] [--json] [KEY VALUE ...]
+    python tools/loss_scale.py --config-file CONFIG.py ... [key=value ...]     (a LazyConfig)
 
 Runs the recipe's first iterations as the trainer does and prints, per term, its weight, its
 unweighted and weighted value and the ratio of the weighted value to the sum of the student's
@@ -66,7 +67,9 @@ def main(argv=None) -> int:
         help="write tiny COCO and Cityscapes datasets in their real formats to a temporary "
         "folder and read the recipe's datasets from there ($DETECTRON2_DATASETS)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (a LazyConfig: key=value)"
+    )
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -86,15 +89,22 @@ def _run(args) -> int:
     from tqdm import tqdm
 
     from d2dist.engine.defaults import load_config
+    from d2dist.engine.lazy import load_lazy_config
     from d2dist.engine.loss_scale import measure_loss_scale
     from d2dist.engine.subnormals import flush_subnormals
     from d2dist.errors import ConfigError
 
-    opts = list(args.opts) + (["MODEL.DEVICE", args.device] if args.device else [])
+    lazy = args.config_file.endswith(".py")
+    device = [f"train.device={args.device}"] if lazy else ["MODEL.DEVICE", args.device]
+    opts = list(args.opts) + (device if args.device else [])
     try:
-        cfg = load_config(args.config_file, opts)
-        cfg.freeze()
-        flush_subnormals(cfg.MODEL.DEVICE)
+        if lazy:
+            cfg = load_lazy_config(args.config_file, opts)
+            flush_subnormals(cfg.train.device)
+        else:
+            cfg = load_config(args.config_file, opts)
+            cfg.freeze()
+            flush_subnormals(cfg.MODEL.DEVICE)
         with tqdm(total=args.iters, desc="loss scale", disable=args.json) as bar:
             result = measure_loss_scale(
                 cfg,

@@ -205,27 +205,49 @@ def _optimizer(cfg, module: torch.nn.Module):
 
 
 def prepare_distiller(cfg, *, batches: int, random_weights: bool, what: str):
-    """The Distiller of ``cfg`` in training mode, initialised as the trainer initialises a run
-    (teacher and student weights loaded), or with random weights whose norm statistics are
-    calibrated on the first batch (:func:`calibrate_norms`); and the first ``batches`` batches of
-    the config's training loader. ``what`` names the caller in the error for a plain config."""
-    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
-        raise ConfigError(
-            f"{what} measures distillation, but MODEL.META_ARCHITECTURE is "
-            f"{cfg.MODEL.META_ARCHITECTURE!r}; pass a config with META_ARCHITECTURE 'Distiller' "
-            "(e.g. configs/Shapes-Detection/reviewkd_faster_rcnn_R18_from_R50_FPN_1x.yaml)."
+    """The Distiller of ``cfg`` (a yacs config or a LazyConfig) in training mode, initialised as
+    the trainer initialises a run (teacher and student weights loaded: ``MODEL.WEIGHTS`` or
+    ``train.init_checkpoint``), or with random weights whose norm statistics are calibrated on
+    the first batch (:func:`calibrate_norms`); and the first ``batches`` batches of the config's
+    training loader. ``what`` names the caller in the error for a plain config."""
+    lazy = "model" in cfg and "dataloader" in cfg
+    if lazy:
+        from detectron2.config import instantiate
+
+        model = instantiate(cfg.model)
+        plain = type(model).__name__
+        weights, key = cfg.train.get("init_checkpoint", ""), "train.init_checkpoint"
+    else:
+        plain = cfg.MODEL.META_ARCHITECTURE
+        weights, key = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
+    if plain != "Distiller":
+        given = (
+            f"the LazyConfig's model is a {plain}"
+            if lazy
+            else (f"MODEL.META_ARCHITECTURE is {plain!r}")
         )
-    model = build_model(cfg)  # the Distiller (Trainer.build_model: the student, for evaluation)
+        raise ConfigError(
+            f"{what} measures distillation, but {given}; pass a config with META_ARCHITECTURE "
+            "'Distiller' (e.g. configs/Shapes-Detection/reviewkd_faster_rcnn_R18_from_R50_FPN_1x"
+            ".yaml) or a LazyConfig whose model is a d2dist Distiller."
+        )
+    if lazy:
+        model.to(cfg.train.device)
+    else:
+        model = build_model(cfg)  # the Distiller (Trainer.build_model: the student, for eval)
     if not random_weights:  # as the trainer initialises a run
         model.load_teacher()
-        with explained_load(StudentCheckpointer(model.student), cfg.MODEL.WEIGHTS, False):
-            initialise_student(model, cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+        with explained_load(StudentCheckpointer(model.student), weights, False):
+            initialise_student(model, weights, key)
     model.train()
-    loader = iter(Trainer.build_train_loader(cfg))
+    if lazy:
+        loader = iter(instantiate(cfg.dataloader.train))
+    else:
+        loader = iter(Trainer.build_train_loader(cfg))
     prefetched = [next(loader) for _ in range(batches)]
     del loader  # stops the data-loading workers
     if random_weights:
-        calibrate_norms(model.student, model.teacher_wrapper, prefetched[0], cfg.INPUT.FORMAT)
+        calibrate_norms(model.student, model.teacher_wrapper, prefetched[0], model.input_format)
         model.teacher_wrapper.loaded = True  # random on purpose: measuring only, never trained
         logger.info("%s: random weights, norm statistics calibrated on the first batch", what)
     return model, prefetched

@@ -16,6 +16,7 @@ Distillers alike:
 
 import logging
 import os
+from typing import Sequence
 
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
@@ -59,6 +60,7 @@ __all__ = [
     "lazy_argument_parser",
     "lazy_main",
     "lazy_setup",
+    "load_lazy_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,10 +77,11 @@ def lazy_argument_parser():
     return parser
 
 
-def lazy_setup(args):
-    """Load ``args.config_file`` with ``args.opts`` (``key=value``) and set up the run (flushing,
-    output directory, Detectron2's ``default_setup``, d2dist's logger). Returns the config."""
-    path = args.config_file
+def load_lazy_config(path: str, opts: Sequence[str], *, training: bool = True):
+    """The checked LazyConfig of ``path`` with ``key=value`` overrides ``opts``: its nodes
+    (model, dataloader, optimizer, lr_multiplier, train when ``training``), typos, targets,
+    arguments, value types and datasets, checked before anything is built; the device resolved.
+    Every problem is a :class:`ConfigError` that says how to fix it."""
     if not path:
         raise ConfigError("--config-file is required: the LazyConfig (.py) file of the run.")
     if not os.path.isfile(path):
@@ -94,11 +97,11 @@ def lazy_setup(args):
         cfg = LazyConfig.load(path)
     except Exception as e:  # a user's Python config: any exception is possible
         raise ConfigError(
-            f"could not load {path!r} with overrides {list(args.opts)}: {type(e).__name__}: {e}"
+            f"could not load {path!r} with overrides {list(opts)}: {type(e).__name__}: {e}"
         ) from e
-    cfg = apply_overrides(cfg, list(args.opts), path)  # each one's key checked first
+    cfg = apply_overrides(cfg, list(opts), path)  # each one's key checked first
     missing = [k for k in _REQUIRED if k not in cfg]
-    if not args.eval_only:
+    if training:
         missing += [k for k in ("optimizer", "lr_multiplier") if k not in cfg]
         if "dataloader" not in cfg or "train" not in cfg.get("dataloader", {}):
             missing.append("dataloader.train")
@@ -108,9 +111,17 @@ def lazy_setup(args):
             ".test / .evaluator, optimizer, lr_multiplier and train (as Detectron2's "
             "configs/common/train.py)."
         )
-    _resolve_device(cfg, args.opts)
+    _resolve_device(cfg, opts)
     # Typos, targets, arguments, value types, datasets: before anything is built.
-    check_lazy_config(cfg, training=not args.eval_only)
+    check_lazy_config(cfg, training=training)
+    return cfg
+
+
+def lazy_setup(args):
+    """Load ``args.config_file`` with ``args.opts`` (``key=value``; :func:`load_lazy_config`) and
+    set up the run (flushing, output directory, Detectron2's ``default_setup``, d2dist's logger).
+    Returns the config."""
+    cfg = load_lazy_config(args.config_file, args.opts, training=not args.eval_only)
     flushed = flush_subnormals(cfg.train.device)  # before any computation (thread pool)
     allow_config_change(getattr(args, "allow_config_change", False))
     check_output_dir(cfg.train.output_dir, resume=args.resume, training=not args.eval_only)

@@ -93,7 +93,7 @@ def measure_loss_scale(
     """Run the first ``iters`` training iterations of ``cfg``'s Distiller and record its losses.
 
     Args:
-        cfg: a validated Distiller config.
+        cfg: a validated Distiller config: yacs, or a LazyConfig (``model`` a Distiller).
         iters: iterations to run (>= 1).
         random_weights: random teacher and student weights (norm statistics calibrated on the
             first batch) instead of ``TEACHER.WEIGHTS`` and ``MODEL.WEIGHTS``: for recipes whose
@@ -106,8 +106,16 @@ def measure_loss_scale(
     model, batches = prepare_distiller(
         cfg, batches=iters, random_weights=random_weights, what="the loss-scale check"
     )
-    optimizer = Trainer.build_optimizer(cfg, model)  # the trainer's, gradient clipping included
-    scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
+    if "optimizer" in cfg:  # a LazyConfig: its optimizer and LR multiplier, as do_train has them
+        from detectron2.config import instantiate
+        from detectron2.solver import LRMultiplier
+
+        cfg.optimizer.params.model = model
+        optimizer = instantiate(cfg.optimizer)
+        scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
+    else:
+        optimizer = Trainer.build_optimizer(cfg, model)  # the trainer's, with gradient clipping
+        scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
     result = LossScale(iterations=iters, random_weights=random_weights)
     outputs = {}
 

@@ -98,3 +98,20 @@ def test_a_plain_config_or_no_iteration_is_a_clear_error(teacher_weights, capsys
     config = os.path.join(CONFIGS, "dist_faster_rcnn_R18_from_R50_FPN_1x.yaml")
     assert tool.main(["--config-file", config, "--iters", "0", *_opts(teacher_weights)]) == 2
     assert "--iters must be >= 1; got 0" in capsys.readouterr().err
+
+
+def test_a_lazyconfig_recipe_runs_through_its_own_optimizer(capsys):
+    """A LazyConfig Distiller (key=value overrides): its optimizer and LR multiplier."""
+    tool = load_tool("loss_scale")
+    config = os.path.join(CONFIGS, "distplus_mask_rcnn_R18_from_ViTDet_tiny_1x.py")
+    opts = ["train.device=cpu", "dataloader.train.dataset.names=d2dist_shapes_tiny_train",
+            "dataloader.test.dataset.names=d2dist_shapes_tiny_val",
+            "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0"]  # fmt: skip
+    assert tool.main(["--config-file", config, "--iters", "1", "--random-weights", "--json",
+                      *opts]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["terms"]) == {"loss_distill_dist", "loss_distill_dist_feature"}
+    assert out["student_total"] > 0 and out["random_weights"] is True
+    plain = os.path.join(CONFIGS, "mask_rcnn_R18_FPN_1x.py")
+    assert tool.main(["--config-file", plain, *opts]) == 2
+    assert "the LazyConfig's model is a GeneralizedRCNN" in capsys.readouterr().err
