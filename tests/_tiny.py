@@ -218,6 +218,16 @@ def distill_cfg(arch: str, teacher_cfg: str, teacher_weights: str, losses=("MIMI
     return cfg
 
 
+def shapes_distill_opts(teacher_weights: str) -> list:
+    """``KEY VALUE`` overrides that make a Shapes-Detection distillation config tiny: the tiny
+    dataset, the tiny student, and the tiny teacher with weights ``teacher_weights``."""
+    return [
+        *SHAPES_TINY_DATA, *SHAPES_STUDENT_TINY,
+        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher_weights,
+        "MODEL.DISTILL.TEACHER.OPTS", str(SHAPES_TINY_DATA[:2] + SHAPES_TEACHER_TINY),
+    ]  # fmt: skip
+
+
 def save_random_weights(config_file: str, opts, path: str, seed: int = 0) -> str:
     """Save the (random, seeded) weights of the plain Detectron2 model of a yacs config file with
     ``KEY VALUE`` overrides ``opts``, as a checkpoint at ``path``; returns ``path``."""

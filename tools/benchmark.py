@@ -54,20 +54,17 @@ def _table(result, summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    from d2dist.engine.benchmark import measurement_parser
+
+    parser = measurement_parser(
+        __doc__,
+        iters=20,
+        iters_help="measured iterations",
+        random_help="time with random weights (norm statistics calibrated on the first batch) "
+        "instead of loading TEACHER.WEIGHTS and MODEL.WEIGHTS: for configs whose checkpoints "
+        "are absent",
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--iters", type=int, default=20, help="measured iterations (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured first iterations")
-    parser.add_argument("--device", default=None, help="MODEL.DEVICE, e.g. cpu or cuda")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="time with random weights (norm statistics calibrated on the first batch) instead "
-        "of loading TEACHER.WEIGHTS and MODEL.WEIGHTS: for configs whose checkpoints are absent",
-    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
 

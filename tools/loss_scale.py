@@ -47,19 +47,16 @@ def _table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--iters", type=int, default=4, help="iterations to run (default 4)")
-    parser.add_argument("--device", default=None, help="MODEL.DEVICE, e.g. cpu or cuda")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="random teacher and student weights (norm statistics calibrated on the first "
-        "batch) instead of TEACHER.WEIGHTS and MODEL.WEIGHTS: for recipes whose checkpoints are "
-        "absent; the sizes then reflect the architectures and the input, not trained features",
+    from d2dist.engine.benchmark import measurement_parser
+
+    parser = measurement_parser(
+        __doc__,
+        iters=4,
+        iters_help="iterations to run",
+        random_help="random teacher and student weights (norm statistics calibrated on the "
+        "first batch) instead of TEACHER.WEIGHTS and MODEL.WEIGHTS: for recipes whose "
+        "checkpoints are absent; the sizes then reflect the architectures and the input, not "
+        "trained features",
     )
     parser.add_argument(
         "--tiny-datasets",

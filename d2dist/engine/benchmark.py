@@ -46,6 +46,7 @@ __all__ = [
     "PHASES",
     "BenchmarkResult",
     "PeakMemory",
+    "measurement_parser",
     "benchmark",
     "calibrate_norms",
     "cpu_model",
@@ -202,6 +203,23 @@ def _optimizer(cfg, module: torch.nn.Module):
     if not any(p.requires_grad for p in module.parameters()):
         return None
     return build_optimizer(cfg, module)
+
+
+def measurement_parser(doc: str, *, iters: int, iters_help: str, random_help: str):
+    """The argument parser of a measuring tool (``tools/benchmark.py``, ``tools/loss_scale.py``;
+    ``doc``: its docstring) with the options they share: ``--config-file``, ``--iters``,
+    ``--device``, ``--json`` and ``--random-weights``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--iters", type=int, default=iters, help=f"{iters_help} (default {iters})")
+    parser.add_argument("--device", default=None, help="MODEL.DEVICE, e.g. cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--random-weights", action="store_true", help=random_help)
+    return parser
 
 
 def prepare_distiller(cfg, *, batches: int, random_weights: bool, what: str):

@@ -6,11 +6,16 @@ import os
 
 import pytest
 import torch
-from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
+from _tiny import (
+    LAZY_TINY_DATA,
+    SHAPES_STUDENT_TINY,
+    SHAPES_TEACHER_TINY,
+    SHAPES_TINY_DATA,
+    save_random_weights,
+    shapes_distill_opts,
+)
 from _tools import load_tool
-from detectron2.modeling import build_model
 
-from d2dist.config import get_cfg
 from d2dist.engine.defaults import load_config
 from d2dist.engine.loss_scale import measure_loss_scale
 
@@ -21,22 +26,13 @@ DATA, TEACHER_TINY, STUDENT_TINY = SHAPES_TINY_DATA, SHAPES_TEACHER_TINY, SHAPES
 
 @pytest.fixture(scope="module")
 def teacher_weights(tmp_path_factory):
-    cfg = get_cfg()
-    cfg.merge_from_file(os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml"))
-    cfg.merge_from_list(DATA[:2] + TEACHER_TINY)
-    torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp("teacher") / "teacher.pth")
-    torch.save({"model": build_model(cfg).state_dict()}, path)
-    return path
+    teacher = os.path.join(CONFIGS, "faster_rcnn_R50_FPN_3x.yaml")
+    return save_random_weights(teacher, DATA[:2] + TEACHER_TINY, path)
 
 
 def _opts(teacher_weights, *extra):
-    return [
-        *DATA, *STUDENT_TINY,
-        "MODEL.DISTILL.TEACHER.WEIGHTS", teacher_weights,
-        "MODEL.DISTILL.TEACHER.OPTS", str(DATA[:2] + TEACHER_TINY),
-        *extra,
-    ]  # fmt: skip
+    return shapes_distill_opts(teacher_weights) + list(extra)
 
 
 def test_weighted_is_weight_times_unweighted_and_the_ratio_is_to_the_student(teacher_weights):
@@ -104,9 +100,7 @@ def test_a_lazyconfig_recipe_runs_through_its_own_optimizer(capsys):
     """A LazyConfig Distiller (key=value overrides): its optimizer and LR multiplier."""
     tool = load_tool("loss_scale")
     config = os.path.join(CONFIGS, "distplus_mask_rcnn_R18_from_ViTDet_tiny_1x.py")
-    opts = ["train.device=cpu", "dataloader.train.dataset.names=d2dist_shapes_tiny_train",
-            "dataloader.test.dataset.names=d2dist_shapes_tiny_val",
-            "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0"]  # fmt: skip
+    opts = LAZY_TINY_DATA
     assert tool.main(["--config-file", config, "--iters", "1", "--random-weights", "--json",
                       *opts]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
