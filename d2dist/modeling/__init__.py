@@ -1,8 +1,8 @@
 """d2dist's models: the Distiller and its parts (teacher, recorder, target kinds, terms, helper
 modules, acclimation)."""
 
-from . import backbone, heads, meta_arch  # noqa: F401  registers Distiller, FCOS, a dilated
-# ResNet-18/34, DeepLabV3 with an auxiliary head
+# registers the Distiller, FCOS, a dilated ResNet-18/34, DeepLabV3 with an auxiliary head
+from . import backbone, heads, meta_arch  # noqa: F401
 from .adapters import ADAPTER_REGISTRY, DISTILL_MODULE_REGISTRY, build_adapter, build_distill_module
 from .lazy import TermSpec, teacher_from_file, yacs_model
 from .meta_arch import Distiller
