@@ -47,6 +47,16 @@ def _table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--tiny-datasets", action="store_true")
+    tiny = early.parse_known_args(argv)[0].tiny_datasets
+    with tempfile.TemporaryDirectory(prefix="d2dist-loss-scale-") as root:
+        if tiny:  # before d2dist and Detectron2 register their built-in datasets (on import)
+            os.environ["DETECTRON2_DATASETS"] = root
+        return _main(argv, root if tiny else None)
+
+
+def _main(argv, tiny_root) -> int:
     from d2dist.engine.benchmark import measurement_parser
 
     parser = measurement_parser(
@@ -72,14 +82,16 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="d2dist-loss-scale-") as root:
-        if args.tiny_datasets:  # before Detectron2 registers its datasets under this root
-            os.environ["DETECTRON2_DATASETS"] = root
-            from d2dist.data.real_formats import write_tiny_cityscapes, write_tiny_coco
+    if tiny_root is not None:
+        from d2dist.data.real_formats import write_tiny_datasets
+        from d2dist.errors import ConfigError
 
-            write_tiny_coco(root)
-            write_tiny_cityscapes(root)
-        return _run(args)
+        try:
+            write_tiny_datasets(tiny_root)
+        except ConfigError as e:
+            print(f"loss_scale.py: error: {e}", file=sys.stderr)
+            return 2
+    return _run(args)
 
 
 def _run(args) -> int:

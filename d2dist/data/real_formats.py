@@ -18,7 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["TINY_HEIGHT", "TINY_WIDTH", "tiny_image", "write_tiny_cityscapes", "write_tiny_coco"]
+__all__ = [
+    "TINY_HEIGHT",
+    "TINY_WIDTH",
+    "tiny_image",
+    "write_tiny_cityscapes",
+    "write_tiny_coco",
+    "write_tiny_datasets",
+]
 
 TINY_HEIGHT, TINY_WIDTH = 128, 256
 
@@ -36,6 +43,28 @@ _CITYSCAPES_OBJECTS = [
      ("car", [[100, 60], [200, 60], [200, 115], [100, 115]]),
      ("car", [[10, 85], [70, 85], [70, 125], [10, 125]])],
 ]  # fmt: skip
+
+
+def write_tiny_datasets(root: str) -> None:
+    """Both tiny datasets under ``root``, which must be the folder Detectron2 registered its
+    built-in datasets under (``$DETECTRON2_DATASETS`` when Detectron2 was first imported): the
+    recipes' own dataset names then read them. Otherwise a :class:`ConfigError`, rather than a run
+    that reads other files than the ones written."""
+    from detectron2.data import MetadataCatalog
+
+    from ..errors import ConfigError
+
+    registered = os.path.abspath(MetadataCatalog.get("coco_2017_train").json_file)
+    if not registered.startswith(os.path.abspath(root) + os.sep):
+        raise ConfigError(
+            f"the tiny datasets go to {root!r}, but Detectron2's built-in datasets were "
+            f"registered elsewhere (coco_2017_train reads {registered!r}): Detectron2 was "
+            "imported before $DETECTRON2_DATASETS was set. Set it first (tools/loss_scale.py "
+            "--tiny-datasets does, run as a script), or write the datasets with "
+            "write_tiny_coco / write_tiny_cityscapes under that folder."
+        )
+    write_tiny_coco(root)
+    write_tiny_cityscapes(root)
 
 
 def tiny_image(seed: int) -> np.ndarray:

@@ -3,6 +3,8 @@ to the student's own losses over a recipe's first iterations, on tiny CPU models
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -109,3 +111,40 @@ def test_a_lazyconfig_recipe_runs_through_its_own_optimizer(capsys):
     plain = os.path.join(CONFIGS, "mask_rcnn_R18_FPN_1x.py")
     assert tool.main(["--config-file", plain, *opts]) == 2
     assert "the LazyConfig's model is a GeneralizedRCNN" in capsys.readouterr().err
+
+
+def test_tiny_datasets_after_detectron2_registered_elsewhere_is_a_clear_error(capsys):
+    """In this process Detectron2 registered its datasets under the tests' root already: the
+    tool stops instead of reading other files than the ones it writes."""
+    tool = load_tool("loss_scale")
+    config = os.path.join(
+        REPO, "configs", "COCO-Detection", "dist_faster_rcnn_R50_from_R101_FPN_2x.yaml"
+    )
+    assert tool.main(["--config-file", config, "--tiny-datasets", "--random-weights"]) == 2
+    err = capsys.readouterr().err
+    assert "Detectron2 was imported before $DETECTRON2_DATASETS was set" in err
+
+
+@pytest.mark.slow  # a subprocess that builds a COCO recipe (at tiny widths)
+def test_tiny_datasets_run_a_coco_recipe_unchanged(tmp_path):
+    """As a script, --tiny-datasets writes tiny COCO / Cityscapes and the recipe's own dataset
+    names (coco_2017_train) read them."""
+    config = os.path.join(
+        REPO, "configs", "COCO-Detection", "dist_faster_rcnn_R50_from_R101_FPN_2x.yaml"
+    )
+    tiny = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.FPN.OUT_CHANNELS", "32",
+            "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.RESNETS.NORM", "BN"]  # fmt: skip
+    teacher_tiny = tiny + ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+                           "MODEL.RESNETS.WIDTH_PER_GROUP", "16"]  # fmt: skip
+    cmd = [sys.executable, os.path.join(REPO, "tools", "loss_scale.py"), "--config-file", config,
+           "--tiny-datasets", "--random-weights", "--iters", "1", "--json", "MODEL.DEVICE", "cpu",
+           "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN",
+           "(128,)", "INPUT.MAX_SIZE_TRAIN", "256", *tiny,
+           "MODEL.DISTILL.TEACHER.OPTS", str(["MODEL.DEVICE", "cpu"] + teacher_tiny)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("DETECTRON2_DATASETS", None)  # the tool sets it
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])  # cityscapesscripts' lines: stderr
+    assert out["terms"]["loss_distill_dist"]["unweighted"] > 0
+    assert set(out["student"]) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
