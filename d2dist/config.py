@@ -297,12 +297,14 @@ def add_fcos_config(cfg: CN) -> None:
     f.NMS_THRESH_TEST = 0.6
 
 
-def add_deeplab_aux_config(cfg: CN) -> None:
-    """Add the keys of d2dist's ``DeepLabV3AuxHead`` (:mod:`d2dist.modeling.heads`) under
-    ``MODEL.SEM_SEG_HEAD``: a 3x3 block before the classifier (``HEAD_CONV``, ``HEAD_DROPOUT``)
-    and an auxiliary FCN head for training (``AUX_IN_FEATURE``, ``AUX_CONV_DIM``,
-    ``AUX_DROPOUT``, ``AUX_LOSS_WEIGHT``). Defaults: both off; when on, the values of the
-    DeepLabV3 of CIRKD and DIST's authors."""
+def add_d2dist_deeplab_config(cfg: CN) -> None:
+    """Add the keys of d2dist's DeepLab parts: under ``MODEL.SEM_SEG_HEAD``, those of
+    ``DeepLabV3AuxHead`` (:mod:`d2dist.modeling.heads`): a 3x3 block before the classifier
+    (``HEAD_CONV``, ``HEAD_DROPOUT``) and an auxiliary FCN head for training
+    (``AUX_IN_FEATURE``, ``AUX_CONV_DIM``, ``AUX_DROPOUT``, ``AUX_LOSS_WEIGHT``); under
+    ``MODEL.RESNETS``, ``HALF_DILATION_IN_FIRST_BLOCK`` of the dilated ResNet-18/34
+    (:mod:`d2dist.modeling.backbone`). Defaults: all off; when on, the values of the DeepLabV3 of
+    CIRKD and DIST's authors."""
     h = cfg.MODEL.SEM_SEG_HEAD
     h.HEAD_CONV = False
     h.HEAD_DROPOUT = 0.1
@@ -310,20 +312,21 @@ def add_deeplab_aux_config(cfg: CN) -> None:
     h.AUX_CONV_DIM = 64
     h.AUX_DROPOUT = 0.1
     h.AUX_LOSS_WEIGHT = 0.4
+    cfg.MODEL.RESNETS.HALF_DILATION_IN_FIRST_BLOCK = False
 
 
 def get_cfg(*config_functions: ConfigFunction) -> CN:
     """Detectron2's default config with the keys of every model d2dist supports.
 
     That is Detectron2's defaults, DeepLab's keys (``detectron2.projects.deeplab``) with those of
-    d2dist's DeepLabV3 head (:func:`add_deeplab_aux_config`), FCOS's
+    d2dist's DeepLab parts (:func:`add_d2dist_deeplab_config`), FCOS's
     (:func:`add_fcos_config`), then ``config_functions`` (callables or dotted names of a project's
     ``add_*_config``, e.g. ``"detectron2.projects.point_rend.add_pointrend_config"``), and last
     d2dist's ``MODEL.DISTILL`` (so the teacher's config starts from all of them).
     """
     cfg = _d2_get_cfg()
     add_deeplab_config(cfg)
-    add_deeplab_aux_config(cfg)
+    add_d2dist_deeplab_config(cfg)
     add_fcos_config(cfg)
     apply_config_functions(cfg, config_functions, "--config-function")
     add_distill_config(cfg)

@@ -23,7 +23,13 @@ from typing import Dict, Tuple
 
 import torch
 
-__all__ = ["TORCHVISION_CONFIG", "convert_torchvision_resnet", "save_d2_checkpoint"]
+__all__ = [
+    "DEEP_STEM_CONFIG",
+    "TORCHVISION_CONFIG",
+    "convert_torchvision_resnet",
+    "resnet_stem",
+    "save_d2_checkpoint",
+]
 
 # blocks per stage (layer1..layer4) -> depth, for basic blocks and bottlenecks
 _DEPTHS = {
@@ -41,7 +47,14 @@ TORCHVISION_CONFIG = [
 ]  # fmt: skip
 """The config overrides every model using converted torchvision weights needs."""
 
-_STEM = {"conv1.weight": "stem.conv1.weight"}
+DEEP_STEM_CONFIG = [
+    "MODEL.RESNETS.STEM_TYPE", "deeplab",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "128",
+]  # fmt: skip
+"""The config overrides a model using converted deep-stem weights needs (besides its input
+statistics: the DIST / CIRKD authors feed theirs BGR images minus [104.00698793, 116.66876762,
+122.67891434], std 1)."""
+
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(.+)$")
 
@@ -62,17 +75,36 @@ def _rename_in_block(rest: str) -> str:
     raise KeyError(rest)
 
 
+def resnet_stem(state_dict: Dict[str, torch.Tensor]) -> str:
+    """``"deeplab"`` for a deep-stem ResNet (three 3x3 convs ``conv1..3`` / ``bn1..3``: the
+    ``resnetv1b`` / CSAIL layout of the segmentation distillation code bases, e.g. DIST's
+    ``resnet18-imagenet.pth``), ``"basic"`` for torchvision's 7x7 stem."""
+    keys = {k[len("module.") :] if k.startswith("module.") else k for k in _unwrap(state_dict)}
+    return "deeplab" if "conv2.weight" in keys and "conv3.weight" in keys else "basic"
+
+
+def _unwrap(state_dict):
+    if isinstance(state_dict.get("state_dict"), dict):  # a training checkpoint around it
+        state_dict = state_dict["state_dict"]
+    if isinstance(state_dict.get("model"), dict):
+        state_dict = state_dict["model"]
+    return state_dict
+
+
 def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Tuple[dict, int]:
     """Rename a torchvision ResNet state dict to Detectron2's ResNet names.
+
+    A deep-stem ResNet (:func:`resnet_stem`; its stem's ``conv1..3`` / ``bn1..3``) is renamed to
+    Detectron2's DeepLab stem (``stem.conv1..3``, built with ``DEEP_STEM_CONFIG``); its blocks have
+    torchvision's names.
 
     Drops the classifier (``fc.*``) and BatchNorm's ``num_batches_tracked``. Returns the new
     state dict and the depth (18, 34, 50, 101 or 152) read from the block structure. Raises
     ``ValueError`` naming the keys it does not know (e.g. a checkpoint of another model).
     """
-    if isinstance(state_dict.get("state_dict"), dict):  # a training checkpoint around it
-        state_dict = state_dict["state_dict"]
-    if isinstance(state_dict.get("model"), dict):
-        state_dict = state_dict["model"]
+    deep = resnet_stem(state_dict) == "deeplab"
+    state_dict = _unwrap(state_dict)
+    stem_convs = (1, 2, 3) if deep else (1,)
     out, unknown = {}, []
     blocks = {}
     kinds = set()
@@ -80,12 +112,13 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Tuple[dic
         key = key[len("module.") :] if key.startswith("module.") else key  # saved from DDP
         if key.startswith("fc.") or key.endswith("num_batches_tracked"):
             continue
-        if key in _STEM:
-            out[_STEM[key]] = value
+        m = re.fullmatch(r"conv(\d)\.weight", key)
+        if m and int(m.group(1)) in stem_convs:
+            out[f"stem.{key}"] = value
             continue
-        m = re.fullmatch(r"bn1\.(\w+)", key)
-        if m and m.group(1) in _BN_PARAMS:
-            out[f"stem.conv1.norm.{m.group(1)}"] = value
+        m = re.fullmatch(r"bn(\d)\.(\w+)", key)
+        if m and int(m.group(1)) in stem_convs and m.group(2) in _BN_PARAMS:
+            out[f"stem.conv{m.group(1)}.norm.{m.group(2)}"] = value
             continue
         m = _BLOCK.match(key)
         if m:
@@ -104,7 +137,8 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Tuple[dic
         raise ValueError(
             f"not a torchvision ResNet state dict: unknown keys {sorted(unknown)[:10]}"
             + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-            + ". Expected the keys of torchvision.models.resnet{18,34,50,101,152}().state_dict()."
+            + ". Expected the keys of torchvision.models.resnet{18,34,50,101,152}().state_dict() "
+            "(or of a deep-stem ResNet: conv1..3 / bn1..3, then torchvision's layer names)."
         )
     kind = "bottleneck" if kinds else "basic"
     layout = tuple(blocks.get(s, 0) for s in (1, 2, 3, 4))

@@ -152,3 +152,62 @@ def test_dilated_basic_backbone_errors(resnets, match):
 
     with pytest.raises(ConfigError, match=match):
         build_model(_deeplab_basic_cfg(**resnets))
+
+
+class _DeepStemResNet18(torch.nn.Module):
+    """A deep-stem ResNet-18 in the resnetv1b layout of the DIST / CIRKD segmentation code
+    (hunto/DIST_KD segmentation/models/base_models/resnetv1b.py: conv1..3 / bn1..3 3x3 stem to
+    128 channels, then torchvision's blocks, layer1 with a 128 -> 64 shortcut), written here from
+    that description with torchvision's blocks."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        tv = _torchvision_resnet(18)
+        bn = torch.nn.BatchNorm2d
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 64, 3, 2, 1, bias=False), bn(64)
+        self.conv2, self.bn2 = torch.nn.Conv2d(64, 64, 3, 1, 1, bias=False), bn(64)
+        self.conv3, self.bn3 = torch.nn.Conv2d(64, 128, 3, 1, 1, bias=False), bn(128)
+        shortcut = torch.nn.Sequential(torch.nn.Conv2d(128, 64, 1, bias=False), bn(64))
+        self.layer1 = torch.nn.Sequential(BasicBlock(128, 64, downsample=shortcut), tv.layer1[1])
+        self.layer2, self.layer3, self.layer4 = tv.layer2, tv.layer3, tv.layer4
+        for m in self.modules():
+            if isinstance(m, bn):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        self.eval()
+
+    def stages(self, x):
+        relu = torch.nn.functional.relu
+        x = relu(self.bn1(self.conv1(x)))
+        x = relu(self.bn2(self.conv2(x)))
+        x = relu(self.bn3(self.conv3(x)))
+        x = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+        out = {}
+        for k, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+            x = layer(x)
+            out[f"res{k + 2}"] = x
+        return out
+
+
+def test_deep_stem_resnet18_converts_to_the_deeplab_stem_and_matches_it(tmp_path, capsys):
+    net = _DeepStemResNet18()
+    src, dst = str(tmp_path / "resnet18-imagenet.pth"), str(tmp_path / "d2.pkl")
+    torch.save(net.state_dict(), src)
+    assert _tool().main([src, dst]) == 0
+    out = capsys.readouterr().out
+    assert "ResNet-18 with a deep stem" in out and "MODEL.RESNETS.STEM_TYPE deeplab" in out
+    assert "MODEL.RESNETS.STEM_OUT_CHANNELS 128" in out and "INPUT.FORMAT BGR" in out
+    cfg = _deeplab_basic_cfg(RES5_DILATION=1, RES5_MULTI_GRID=[1, 1], STEM_TYPE="deeplab",
+                             STEM_OUT_CHANNELS=128)  # fmt: skip
+    model = build_model(cfg).eval()
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(dst))
+    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    assert not [k for k in incompatible.missing_keys if k.startswith("backbone.")]
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        expected, got = net.stages(x), model.backbone(x)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-4)

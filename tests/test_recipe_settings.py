@@ -111,6 +111,9 @@ def test_cityscapes_deeplab_v3_is_the_dist_authors_setting():
     cfg = _cfg("Cityscapes/dist_deeplab_v3_R18_from_R103_OS8_40k.yaml")
     r, h, s = cfg.MODEL.RESNETS, cfg.MODEL.SEM_SEG_HEAD, cfg.SOLVER
     assert (r.RES4_DILATION, r.RES5_DILATION, h.COMMON_STRIDE) == (2, 4, 8)  # output stride 8
+    assert r.HALF_DILATION_IN_FIRST_BLOCK  # resnetv1b
+    assert (r.STEM_TYPE, r.STEM_OUT_CHANNELS, cfg.INPUT.FORMAT) == ("deeplab", 128, "BGR")
+    assert cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0]  # the authors' deep-stem weights and input
     assert h.NAME == "DeepLabV3AuxHead" and h.HEAD_CONV and h.ASPP_CHANNELS == 128
     assert (h.AUX_IN_FEATURE, h.AUX_CONV_DIM, h.AUX_LOSS_WEIGHT) == ("res4", 64, 0.4)
     assert (s.MAX_ITER, s.BASE_LR, s.WARMUP_ITERS, s.WEIGHT_DECAY) == (40000, 0.02, 0, 5e-4)

@@ -4,7 +4,8 @@
     python tools/convert_torchvision_to_d2.py resnet18-f37072fd.pth R-18.pkl
 
 The input is a local ``.pth`` holding a torchvision ResNet state dict (e.g. the ImageNet weights
-torchvision downloads to ``~/.cache/torch/hub/checkpoints/``). The output ``.pkl`` is for
+torchvision downloads to ``~/.cache/torch/hub/checkpoints/``), or a deep-stem ResNet's (three 3x3
+stem convs, e.g. the ``resnet18-imagenet.pth`` of the DIST / CIRKD segmentation code). The output ``.pkl`` is for
 ``MODEL.WEIGHTS``; Detectron2's checkpointer matches its names to the backbone of any model. The
 config must then describe a torchvision ResNet (printed at the end; see ``d2dist/convert.py``).
 """
@@ -15,7 +16,13 @@ import sys
 
 import torch
 
-from d2dist.convert import TORCHVISION_CONFIG, convert_torchvision_resnet, save_d2_checkpoint
+from d2dist.convert import (
+    DEEP_STEM_CONFIG,
+    TORCHVISION_CONFIG,
+    convert_torchvision_resnet,
+    resnet_stem,
+    save_d2_checkpoint,
+)
 
 
 def main(argv=None) -> int:
@@ -32,10 +39,18 @@ def main(argv=None) -> int:
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         print(f"convert_torchvision_to_d2.py: error: {args.input}: {e}", file=sys.stderr)
         return 2
-    opts = " ".join(TORCHVISION_CONFIG) + (
-        " MODEL.RESNETS.RES2_OUT_CHANNELS 64" if depth in (18, 34) else ""
-    )
+    res2 = " MODEL.RESNETS.RES2_OUT_CHANNELS 64" if depth in (18, 34) else ""
+    if resnet_stem(state) == "deeplab":
+        print(f"wrote {args.output}: ResNet-{depth} with a deep stem, {len(weights)} tensors.")
+        print(
+            f"Use it with: MODEL.WEIGHTS {args.output} MODEL.RESNETS.DEPTH {depth} "
+            f"{' '.join(DEEP_STEM_CONFIG)}{res2} and the input statistics its training used (the "
+            "DIST / CIRKD authors': INPUT.FORMAT BGR MODEL.PIXEL_MEAN "
+            '"[104.00698793, 116.66876762, 122.67891434]" MODEL.PIXEL_STD "[1.0, 1.0, 1.0]")'
+        )
+        return 0
     print(f"wrote {args.output}: ResNet-{depth}, {len(weights)} tensors.")
+    opts = " ".join(TORCHVISION_CONFIG) + res2
     print(f"Use it with: MODEL.WEIGHTS {args.output} MODEL.RESNETS.DEPTH {depth} {opts}")
     return 0
 

@@ -21,16 +21,20 @@ __all__ = ["DilatedBasicBlock", "build_resnet_deeplab_basic_backbone"]
 
 
 class DilatedBasicBlock(CNNBlockBase):
-    """ResNet's basic block (two 3x3 convolutions and a shortcut) with dilated 3x3 convolutions."""
+    """ResNet's basic block (two 3x3 convolutions and a shortcut) with dilated 3x3 convolutions:
+    ``dilation`` for both, or ``first_dilation`` for the first one."""
 
-    def __init__(self, in_channels, out_channels, *, stride=1, dilation=1, norm="BN"):
+    def __init__(
+        self, in_channels, out_channels, *, stride=1, dilation=1, first_dilation=None, norm="BN"
+    ):
         super().__init__(in_channels, out_channels, stride)
         self.shortcut = None
         if in_channels != out_channels or stride != 1:
             self.shortcut = Conv2d(in_channels, out_channels, kernel_size=1, stride=stride,
                                    bias=False, norm=get_norm(norm, out_channels))  # fmt: skip
+        first = dilation if first_dilation is None else first_dilation
         self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=stride,
-                            padding=dilation, dilation=dilation, bias=False,
+                            padding=first, dilation=first, bias=False,
                             norm=get_norm(norm, out_channels))  # fmt: skip
         self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, stride=1,
                             padding=dilation, dilation=dilation, bias=False,
@@ -52,7 +56,9 @@ def build_resnet_deeplab_basic_backbone(cfg, input_shape):
     res4 is dilated by ``RES4_DILATION`` (1 or 2) and res5 by ``RES5_DILATION`` (1, 2 or 4) times
     ``RES5_MULTI_GRID`` (one factor per res5 block: two for ResNet-18, three for ResNet-34);
     dilated stages keep their input resolution (output stride 16 with RES5_DILATION 2, 8 with
-    RES4_DILATION 2 and RES5_DILATION 4).
+    RES4_DILATION 2 and RES5_DILATION 4). ``HALF_DILATION_IN_FIRST_BLOCK`` (default off): the
+    first 3x3 conv of a dilated stage's first block has half the stage's dilation, as the dilated
+    ResNets of the segmentation distillation code bases (CIRKD, DIST: ``resnetv1b``).
     """
     r = cfg.MODEL.RESNETS
     blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}.get(r.DEPTH)
@@ -88,6 +94,9 @@ def build_resnet_deeplab_basic_backbone(cfg, input_shape):
         n = blocks[idx]
         dilations = [dilation * m for m in r.RES5_MULTI_GRID] if stage == 5 else [dilation] * n
         first_stride = 1 if idx == 0 or dilation > 1 else 2
+        firsts = list(dilations)
+        if r.get("HALF_DILATION_IN_FIRST_BLOCK", False) and dilation > 1:
+            firsts[0] = dilation // 2
         stages.append(
             ResNet.make_stage(
                 block_class=DilatedBasicBlock,
@@ -96,6 +105,7 @@ def build_resnet_deeplab_basic_backbone(cfg, input_shape):
                 out_channels=out_channels,
                 stride_per_block=[first_stride] + [1] * (n - 1),
                 dilation_per_block=dilations,
+                first_dilation_per_block=firsts,
                 norm=r.NORM,
             )
         )

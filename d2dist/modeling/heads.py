@@ -13,7 +13,7 @@ head lacks:
   labels, is added as ``loss_sem_seg_aux`` weighted ``AUX_LOSS_WEIGHT``. It is not run at test
   time, so the exported student predicts exactly as a ``DeepLabV3Head`` with the block would.
 
-Keys and defaults: :func:`d2dist.config.add_deeplab_aux_config`. The classifier stays ``predictor``, so the ``pixel`` target kind distils the main head's logits.
+Keys and defaults: :func:`d2dist.config.add_d2dist_deeplab_config`. The classifier stays ``predictor``, so the ``pixel`` target kind distils the main head's logits.
 """
 
 from typing import Dict
@@ -30,7 +30,7 @@ from ..errors import ConfigError
 __all__ = ["DeepLabV3AuxHead"]
 
 
-# add_deeplab_aux_config's keys with the values that turn both parts off
+# add_d2dist_deeplab_config's keys with the values that turn both parts off
 _OFF = {"HEAD_CONV": False, "HEAD_DROPOUT": 0.1, "AUX_IN_FEATURE": "", "AUX_CONV_DIM": 64,
         "AUX_DROPOUT": 0.1, "AUX_LOSS_WEIGHT": 0.4}  # fmt: skip
 
@@ -43,7 +43,7 @@ class DeepLabV3AuxHead(DeepLabV3Head):
     def __init__(self, cfg, input_shape: Dict[str, ShapeSpec]):
         super().__init__(cfg, input_shape)
         h = cfg.MODEL.SEM_SEG_HEAD
-        # a config made without add_deeplab_aux_config (a user's own get_cfg) has neither part
+        # a config made without add_d2dist_deeplab_config (a user's own get_cfg) has neither part
         option = {k: h.get(k, v) for k, v in _OFF.items()}
         norm, dims = h.NORM, h.CONVS_DIM
         self.block = None

@@ -1,5 +1,6 @@
-"""d2dist's DeepLabV3AuxHead: Detectron2's DeepLabV3Head plus the DeepLabV3 of the segmentation
-distillation code bases (a 3x3 block before the classifier, an auxiliary FCN head for training)."""
+"""d2dist's DeepLab parts as the segmentation distillation code bases have them: DeepLabV3AuxHead
+(Detectron2's DeepLabV3Head plus a 3x3 block before the classifier and an auxiliary FCN head for
+training) and the dilated ResNet-18's half dilation in a dilated stage's first block."""
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def test_off_by_default_it_is_detectron2s_head():
 
 
 def test_a_config_without_the_keys_builds_the_plain_head():
-    """A user's own config (Detectron2's get_cfg, no add_deeplab_aux_config) has neither part."""
+    """A user's own config (Detectron2's get_cfg, no add_d2dist_deeplab_config) has neither part."""
     ours = _cfg()
     for key in ("HEAD_CONV", "HEAD_DROPOUT", "AUX_IN_FEATURE", "AUX_CONV_DIM", "AUX_DROPOUT",
                 "AUX_LOSS_WEIGHT"):  # fmt: skip
@@ -107,3 +108,24 @@ def test_the_block_changes_the_prediction_and_the_classifier_stays_the_predictor
 def test_bad_settings_are_clear_errors(opts, message):
     with pytest.raises(ConfigError, match=message):
         build_model(_cfg(*opts))
+
+
+def test_half_dilation_in_the_first_block_is_the_authors_resnetv1b():
+    """HALF_DILATION_IN_FIRST_BLOCK: a dilated stage's first block has half the stage's dilation
+    in its first conv (res4: 1, then 2; res5: 2, then 4), the resolution unchanged (stride 8)."""
+
+    def dilations(model, stage, conv):
+        return [getattr(b, conv).dilation[0] for b in getattr(model.backbone, stage)]
+
+    plain = build_model(_cfg())
+    half = build_model(_cfg("MODEL.RESNETS.HALF_DILATION_IN_FIRST_BLOCK", "True"))
+    assert dilations(plain, "res4", "conv1") == [2, 2] and dilations(plain, "res5", "conv1") == [
+        4,
+        4,
+    ]
+    assert dilations(half, "res4", "conv1") == [1, 2] and dilations(half, "res5", "conv1") == [2, 4]
+    assert dilations(half, "res4", "conv2") == [2, 2] and dilations(half, "res5", "conv2") == [4, 4]
+    assert dilations(half, "res3", "conv1") == [1, 1]  # undilated stages unchanged
+    half.load_state_dict(plain.state_dict())  # the same parameters: converted weights load
+    x = torch.zeros(1, 3, 64, 96)
+    assert half.backbone(x)["res5"].shape == plain.backbone(x)["res5"].shape == (1, 512, 8, 12)
