@@ -93,7 +93,8 @@ def add_distill_config(cfg: CN) -> None:
     d.MIMIC = CN()
     d.MIMIC.WEIGHT = 1.0
     d.MIMIC.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    # "auto" (identity when channels match, else 1x1 conv), "IdentityAdapter", "Conv1x1Adapter"
+    # "auto" (identity when channels match, else 1x1 conv), "IdentityAdapter", "Conv1x1Adapter",
+    # "TorchInitConv1x1Adapter" (PyTorch's default init, as mmrazor's align modules)
     d.MIMIC.ADAPTER = "auto"
     d.MIMIC.ADAPTER_NORM = ""  # "", "BN", "GN", "SyncBN", ... (Detectron2's get_norm)
 

@@ -88,7 +88,7 @@ def test_gradient_clipping_is_the_authors(recipe, clipped):
 
 def test_loss_settings_the_audit_fixed():
     mimic = _cfg("COCO-Detection/dist_mimic_faster_rcnn_R50_from_R101_FPN_2x.yaml")
-    assert mimic.MODEL.DISTILL.MIMIC.ADAPTER == "Conv1x1Adapter"  # the authors' align_module
+    assert mimic.MODEL.DISTILL.MIMIC.ADAPTER == "TorchInitConv1x1Adapter"  # their align_module
     fgd = _cfg("COCO-Detection/fgd_faster_rcnn_R50_from_R101_FPN_2x.yaml").MODEL.DISTILL
     assert fgd.FGD.MASK_MODE == "image"
     assert fgd.INHERIT == ["backbone.fpn_", "proposal_generator", "roi_heads"]

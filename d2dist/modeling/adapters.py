@@ -21,6 +21,7 @@ __all__ = [
     "DISTILL_MODULE_REGISTRY",
     "IdentityAdapter",
     "ReviewKDAdapter",
+    "TorchInitConv1x1Adapter",
     "build_adapter",
     "build_distill_module",
 ]
@@ -94,13 +95,28 @@ class Conv1x1Adapter(nn.Sequential):
     ):
         _check_stride(student_shape, teacher_shape, key)
         conv = Conv2d(student_shape.channels, teacher_shape.channels, 1, bias=not norm)
-        nn.init.kaiming_uniform_(conv.weight, a=1)
-        if conv.bias is not None:
-            nn.init.zeros_(conv.bias)
+        self._init(conv)
         layers = [conv]
         if norm:
             layers.append(_norm(norm, teacher_shape.channels, f"ADAPTER_NORM of {key!r}"))
         super().__init__(*layers)
+
+    @staticmethod
+    def _init(conv: nn.Conv2d) -> None:
+        nn.init.kaiming_uniform_(conv.weight, a=1)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+
+
+@DISTILL_MODULE_REGISTRY.register()
+class TorchInitConv1x1Adapter(Conv1x1Adapter):
+    """:class:`Conv1x1Adapter` with PyTorch's default initialisation of ``nn.Conv2d`` (weights
+    Kaiming-uniform with a = sqrt(5), bias uniform in +-1/sqrt(fan_in)): the ``align_module``
+    of mmrazor-style distillers, e.g. the DIST authors' mimic connectors."""
+
+    @staticmethod
+    def _init(conv: nn.Conv2d) -> None:
+        pass  # nn.Conv2d initialised itself when it was built
 
 
 def build_distill_module(name: str, **kwargs) -> nn.Module:

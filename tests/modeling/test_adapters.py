@@ -122,3 +122,19 @@ def test_config_error_is_a_value_error():
     # Callers (and train_net) may catch ValueError; ConfigError must stay one.
     with pytest.raises(ValueError):
         build_adapter("nope", _spec(1), _spec(1))
+
+
+def test_torch_init_adapter_is_pytorchs_default_conv_initialisation():
+    """The mmrazor-style align module (nn.Conv2d(256, 256, 1), default init) of the DIST authors'
+    mimic: the same random draws as nn.Conv2d's own initialisation, with a bias."""
+    torch.manual_seed(0)
+    adapter = build_adapter("TorchInitConv1x1Adapter", _spec(16), _spec(24), key="p2")
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(16, 24, 1)
+    conv = adapter[0]
+    torch.testing.assert_close(conv.weight, reference.weight)
+    torch.testing.assert_close(conv.bias, reference.bias)
+    assert conv.bias.abs().max() <= 1 / 16**0.5 and conv.bias.abs().max() > 0
+    torch.manual_seed(0)
+    ours = build_adapter("Conv1x1Adapter", _spec(16), _spec(24), key="p2")[0]
+    assert not torch.allclose(ours.weight, conv.weight) and ours.bias.abs().max() == 0
