@@ -327,7 +327,7 @@ def benchmark(
     def method_step(targets: Targets, measure: bool):
         for term in model.terms:
             start = time.perf_counter()
-            out = term(targets)
+            out = term(targets.for_term(term))
             loss = out.loss * term.weight
             for extra_value in out.extra.values():
                 loss = loss + extra_value * term.weight

@@ -14,6 +14,7 @@ from d2dist.modeling.targets import (
     TARGET_KIND_REGISTRY,
     LevelGroundTruth,
     TargetKind,
+    TargetNotRequested,
     TargetRequest,
     Targets,
     leaf,
@@ -39,12 +40,50 @@ def test_requests_merge_options_per_kind_in_order():
     assert TargetRequest(roi=()) == TargetRequest(roi=[])
 
 
-def test_targets_read_by_kind_and_unrequested_kinds_are_none():
+def test_targets_read_by_kind_and_unrequested_kinds_are_errors():
     t = Targets({"roi": 1}, batched_inputs=["x"])
     assert t.roi == 1 and t["roi"] == 1 and t.batched_inputs == ["x"]
-    assert t.pixel is None and "pixel" not in t
+    assert "pixel" not in t
+    for read in (lambda: t.pixel, lambda: t["pixel"]):
+        with pytest.raises(TargetNotRequested, match=r"read the target kind 'pixel'.*\['roi'\]"):
+            read()
     with pytest.raises(AttributeError, match="registered kinds"):
         t.nonsense
+
+
+def test_a_term_reading_a_kind_it_did_not_request_is_named():
+    """Each term reads its own view of the step's targets: a user's term whose forward reads a
+    kind its request() omits fails there, naming the term and the kind, even when another term of
+    the step requested that kind."""
+
+    class UsesRoi(DistillTerm):
+        def request(self):
+            return TargetRequest(roi=())
+
+        def forward(self, targets):
+            s, t = targets.roi
+            return TermOutput((s - t).square().mean())
+
+    class Forgetful(DistillTerm):
+        def request(self):
+            return TargetRequest(features=("p2",))
+
+        def forward(self, targets):
+            s, t = targets.roi  # not requested
+            return TermOutput((s - t).square().mean())
+
+    student = build_model(tiny_cfg("faster_rcnn"))
+    teacher = Teacher(build_model(tiny_cfg("faster_rcnn", role="teacher")), loaded=True)
+    model = Distiller(student=student, teacher=teacher, terms=[UsesRoi(weight=1.0)])
+    assert torch.isfinite(_step(model, inputs("faster_rcnn"))["loss_distill_usesroi"])
+    model = Distiller(student=student, teacher=teacher,
+                      terms=[UsesRoi(weight=1.0), Forgetful(weight=1.0)])  # fmt: skip
+    with pytest.raises(
+        TargetNotRequested,
+        match=r"term 'FORGETFUL' read the target kind 'roi', but its request\(\) names "
+        r"\['features'\]",
+    ):
+        _step(model, inputs("faster_rcnn"))
 
 
 def test_the_built_in_kinds_are_registered_by_name():

@@ -282,7 +282,7 @@ class Distiller(nn.Module):
         targets = self.extractor.extract(batched_inputs, recorder)
         scalars, totals = {}, {}
         for term in self.terms:
-            out = term(targets)
+            out = term(targets.for_term(term))
             scale = term.weight * factor
             losses[term.loss_key] = out.loss * scale
             totals[term.loss_key] = out.loss

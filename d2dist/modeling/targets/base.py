@@ -41,6 +41,7 @@ __all__ = [
     "NamedRegistry",
     "TARGET_KIND_REGISTRY",
     "TargetKind",
+    "TargetNotRequested",
     "TargetRequest",
     "Targets",
     "TeacherRun",
@@ -114,30 +115,62 @@ class TargetRequest(Mapping):
         return f"TargetRequest({', '.join(f'{k}={v!r}' for k, v in self._kinds.items())})"
 
 
+class TargetNotRequested(LookupError):
+    """A term read a target kind it did not request (a bug in the term: its ``request()`` must
+    name every kind its ``forward`` reads)."""
+
+
 class Targets:
     """The paired values of one step, by kind: ``targets["roi"]`` or ``targets.roi``.
 
     Teacher tensors are detached float32; student tensors carry gradients. ``batched_inputs``
-    is the step's input batch. A kind that was not requested reads as None.
+    is the step's input batch. Each term reads the view :meth:`for_term` gives it, which holds
+    the kinds that term requested: reading another kind raises :class:`TargetNotRequested`
+    naming the term and the kind (not a None that fails later, far from the cause).
     """
 
-    def __init__(self, values: Optional[Dict[str, Any]] = None, batched_inputs: Sequence = ()):
+    def __init__(
+        self,
+        values: Optional[Dict[str, Any]] = None,
+        batched_inputs: Sequence = (),
+        reader: str = "",
+    ):
         self.values: Dict[str, Any] = dict(values or {})
         self.batched_inputs = batched_inputs
+        self.reader = reader
+
+    def for_term(self, term) -> "Targets":
+        """The view of these targets that ``term`` reads: the kinds of its ``request()``."""
+        kinds = list(term.request())
+        return Targets(
+            {k: v for k, v in self.values.items() if k in kinds},
+            self.batched_inputs,
+            reader=f"term {getattr(term, 'CONFIG_KEY', type(term).__name__)!r}",
+        )
+
+    def _missing(self, kind: str) -> TargetNotRequested:
+        who = self.reader or "this step's terms"
+        return TargetNotRequested(
+            f"{who} read the target kind {kind!r}, but its request() names "
+            f"{sorted(self.values)}: add {kind!r} to the TargetRequest its request() returns "
+            "(the kinds a term reads must be the kinds it requests)."
+        )
 
     def __getitem__(self, kind: str) -> Any:
+        if kind not in self.values and kind in TARGET_KIND_REGISTRY:
+            raise self._missing(kind)
         return self.values[kind]
 
     def __contains__(self, kind: str) -> bool:
         return kind in self.values
 
     def __getattr__(self, kind: str) -> Any:
-        if kind.startswith("_") or kind in ("values", "batched_inputs"):
+        if kind.startswith("_") or kind in ("values", "batched_inputs", "reader"):
             raise AttributeError(kind)
         if kind in self.values:
             return self.values[kind]
         if kind in TARGET_KIND_REGISTRY:
-            return None
+            raise self._missing(kind)
         raise AttributeError(
             f"Targets has no kind {kind!r}; registered kinds: {sorted(n for n, _ in TARGET_KIND_REGISTRY)}"
         )

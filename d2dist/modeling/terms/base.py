@@ -54,7 +54,8 @@ DISTILL_TERM_REGISTRY.__doc__ = """
 Distillation terms, named in ``MODEL.DISTILL.LOSSES`` by their class name. A registered class is a
 :class:`DistillTerm`, built as ``cls(cfg, student, teacher)`` (``teacher``: the teacher model) from
 its namespace ``MODEL.DISTILL.<NAME in capitals>``, which holds at least ``WEIGHT``; its
-``request()`` names the target kinds it needs (a :class:`~d2dist.modeling.targets.TargetRequest`),
+``request()`` names the target kinds it needs (a :class:`~d2dist.modeling.targets.TargetRequest`;
+``forward`` is given those kinds only: reading another raises ``TargetNotRequested``),
 and ``forward(targets)`` returns a :class:`TermOutput`: an unweighted 0-dim float32 loss, named
 parts to log (e.g. per level) and extra losses (added as ``loss_distill_<name>_<suffix>``), all
 multiplied by the term's weight and the schedule. A term whose trainable parameters do not all take
