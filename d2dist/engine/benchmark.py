@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
@@ -39,6 +40,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..modeling.targets import Targets
+from .export import is_distiller_node, lazy_target
 from .subnormals import subnormals_flushed
 from .trainer import StudentCheckpointer, Trainer, explained_load, initialise_student
 
@@ -49,6 +51,7 @@ __all__ = [
     "measurement_parser",
     "benchmark",
     "calibrate_norms",
+    "is_lazy_config",
     "cpu_model",
     "machine_description",
     "prepare_distiller",
@@ -222,37 +225,39 @@ def measurement_parser(doc: str, *, iters: int, iters_help: str, random_help: st
     return parser
 
 
+def is_lazy_config(cfg) -> bool:
+    """Whether ``cfg`` is a LazyConfig (``model`` and ``dataloader`` nodes), not a yacs config."""
+    return not isinstance(cfg, CfgNode) and "model" in cfg and "dataloader" in cfg
+
+
 def prepare_distiller(cfg, *, batches: int, random_weights: bool, what: str):
     """The Distiller of ``cfg`` (a yacs config or a LazyConfig) in training mode, initialised as
     the trainer initialises a run (teacher and student weights loaded: ``MODEL.WEIGHTS`` or
     ``train.init_checkpoint``), or with random weights whose norm statistics are calibrated on
     the first batch (:func:`calibrate_norms`); and the first ``batches`` batches of the config's
     training loader. ``what`` names the caller in the error for a plain config."""
-    lazy = "model" in cfg and "dataloader" in cfg
-    if lazy:
-        from detectron2.config import instantiate
-
-        model = instantiate(cfg.model)
-        plain = type(model).__name__
-        weights, key = cfg.train.get("init_checkpoint", ""), "train.init_checkpoint"
+    lazy = is_lazy_config(cfg)
+    if lazy:  # checked on the node: a model that is not a Distiller is not built
+        distiller = is_distiller_node(cfg.model)
+        target = lazy_target(cfg.model)
+        given = f"the LazyConfig's model is a {getattr(target, '__name__', target)}"
     else:
-        plain = cfg.MODEL.META_ARCHITECTURE
-        weights, key = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
-    if plain != "Distiller":
-        given = (
-            f"the LazyConfig's model is a {plain}"
-            if lazy
-            else (f"MODEL.META_ARCHITECTURE is {plain!r}")
-        )
+        distiller = cfg.MODEL.META_ARCHITECTURE == "Distiller"
+        given = f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE!r}"
+    if not distiller:
         raise ConfigError(
             f"{what} measures distillation, but {given}; pass a config with META_ARCHITECTURE "
             "'Distiller' (e.g. configs/Shapes-Detection/reviewkd_faster_rcnn_R18_from_R50_FPN_1x"
             ".yaml) or a LazyConfig whose model is a d2dist Distiller."
         )
     if lazy:
-        model.to(cfg.train.device)
+        from detectron2.config import instantiate
+
+        model = instantiate(cfg.model).to(cfg.train.device)
+        weights, key = cfg.train.get("init_checkpoint", ""), "train.init_checkpoint"
     else:
         model = build_model(cfg)  # the Distiller (Trainer.build_model: the student, for eval)
+        weights, key = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
     if not random_weights:  # as the trainer initialises a run
         model.load_teacher()
         with explained_load(StudentCheckpointer(model.student), weights, False):

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List
 from detectron2.utils.events import EventStorage
 
 from ..errors import ConfigError
-from .benchmark import prepare_distiller
+from .benchmark import is_lazy_config, prepare_distiller
 from .trainer import Trainer
 
 __all__ = ["LossScale", "measure_loss_scale"]
@@ -106,7 +106,7 @@ def measure_loss_scale(
     model, batches = prepare_distiller(
         cfg, batches=iters, random_weights=random_weights, what="the loss-scale check"
     )
-    if "optimizer" in cfg:  # a LazyConfig: its optimizer and LR multiplier, as do_train has them
+    if is_lazy_config(cfg):  # its optimizer and LR multiplier, as do_train has them
         from detectron2.config import instantiate
         from detectron2.solver import LRMultiplier
 
