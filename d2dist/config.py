@@ -27,6 +27,8 @@ from .errors import ConfigError, RunFault, a_type, os_error_cause
 
 __all__ = [
     "ConfigError",
+    "DEEPLAB_HEAD_DEFAULTS",
+    "add_d2dist_deeplab_config",
     "check_pixel_statistics",
     "closest_key",
     "merge_config_file",
@@ -298,6 +300,12 @@ def add_fcos_config(cfg: CN) -> None:
     f.NMS_THRESH_TEST = 0.6
 
 
+# The keys of d2dist's DeepLabV3AuxHead under MODEL.SEM_SEG_HEAD, with the values that turn its
+# two parts off (a config without them, e.g. a user's own get_cfg, builds the head with these).
+DEEPLAB_HEAD_DEFAULTS = {"HEAD_CONV": False, "HEAD_DROPOUT": 0.1, "AUX_IN_FEATURE": "",
+                         "AUX_CONV_DIM": 64, "AUX_DROPOUT": 0.1, "AUX_LOSS_WEIGHT": 0.4}  # fmt: skip
+
+
 def add_d2dist_deeplab_config(cfg: CN) -> None:
     """Add the keys of d2dist's DeepLab parts: under ``MODEL.SEM_SEG_HEAD``, those of
     ``DeepLabV3AuxHead`` (:mod:`d2dist.modeling.heads`): a 3x3 block before the classifier
@@ -306,13 +314,8 @@ def add_d2dist_deeplab_config(cfg: CN) -> None:
     ``MODEL.RESNETS``, ``HALF_DILATION_IN_FIRST_BLOCK`` of the dilated ResNet-18/34
     (:mod:`d2dist.modeling.backbone`). Defaults: all off; when on, the values of the DeepLabV3 of
     CIRKD and DIST's authors."""
-    h = cfg.MODEL.SEM_SEG_HEAD
-    h.HEAD_CONV = False
-    h.HEAD_DROPOUT = 0.1
-    h.AUX_IN_FEATURE = ""
-    h.AUX_CONV_DIM = 64
-    h.AUX_DROPOUT = 0.1
-    h.AUX_LOSS_WEIGHT = 0.4
+    for key, value in DEEPLAB_HEAD_DEFAULTS.items():
+        cfg.MODEL.SEM_SEG_HEAD[key] = value
     cfg.MODEL.RESNETS.HALF_DILATION_IN_FIRST_BLOCK = False
 
 

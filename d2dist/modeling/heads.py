@@ -25,14 +25,10 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.projects.deeplab import DeepLabV3Head
 from torch import nn
 
+from ..config import DEEPLAB_HEAD_DEFAULTS
 from ..errors import ConfigError
 
 __all__ = ["DeepLabV3AuxHead"]
-
-
-# add_d2dist_deeplab_config's keys with the values that turn both parts off
-_OFF = {"HEAD_CONV": False, "HEAD_DROPOUT": 0.1, "AUX_IN_FEATURE": "", "AUX_CONV_DIM": 64,
-        "AUX_DROPOUT": 0.1, "AUX_LOSS_WEIGHT": 0.4}  # fmt: skip
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -44,7 +40,7 @@ class DeepLabV3AuxHead(DeepLabV3Head):
         super().__init__(cfg, input_shape)
         h = cfg.MODEL.SEM_SEG_HEAD
         # a config made without add_d2dist_deeplab_config (a user's own get_cfg) has neither part
-        option = {k: h.get(k, v) for k, v in _OFF.items()}
+        option = {k: h.get(k, v) for k, v in DEEPLAB_HEAD_DEFAULTS.items()}
         norm, dims = h.NORM, h.CONVS_DIM
         self.block = None
         if option["HEAD_CONV"]:
