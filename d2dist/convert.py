@@ -79,16 +79,18 @@ def resnet_stem(state_dict: Dict[str, torch.Tensor]) -> str:
     """``"deeplab"`` for a deep-stem ResNet (three 3x3 convs ``conv1..3`` / ``bn1..3``: the
     ``resnetv1b`` / CSAIL layout of the segmentation distillation code bases, e.g. DIST's
     ``resnet18-imagenet.pth``), ``"basic"`` for torchvision's 7x7 stem."""
-    keys = {k[len("module.") :] if k.startswith("module.") else k for k in _unwrap(state_dict)}
+    keys = _unwrap(state_dict)
     return "deeplab" if "conv2.weight" in keys and "conv3.weight" in keys else "basic"
 
 
-def _unwrap(state_dict):
+def _unwrap(state_dict) -> Dict[str, torch.Tensor]:
+    """The network's own state dict: out of a training checkpoint, names without DDP's
+    ``module.``."""
     if isinstance(state_dict.get("state_dict"), dict):  # a training checkpoint around it
         state_dict = state_dict["state_dict"]
     if isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]
-    return state_dict
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
 def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Tuple[dict, int]:
@@ -102,14 +104,13 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Tuple[dic
     state dict and the depth (18, 34, 50, 101 or 152) read from the block structure. Raises
     ``ValueError`` naming the keys it does not know (e.g. a checkpoint of another model).
     """
-    deep = resnet_stem(state_dict) == "deeplab"
     state_dict = _unwrap(state_dict)
+    deep = resnet_stem(state_dict) == "deeplab"
     stem_convs = (1, 2, 3) if deep else (1,)
     out, unknown = {}, []
     blocks = {}
     kinds = set()
     for key, value in state_dict.items():
-        key = key[len("module.") :] if key.startswith("module.") else key  # saved from DDP
         if key.startswith("fc.") or key.endswith("num_batches_tracked"):
             continue
         m = re.fullmatch(r"conv(\d)\.weight", key)
