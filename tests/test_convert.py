@@ -112,21 +112,30 @@ def _deeplab_basic_cfg(**resnets):
     return cfg
 
 
+def _assert_loads_and_matches(cfg, weights: str, x, expected: dict):
+    """The converted ``weights`` load into the backbone of ``cfg``'s model with nothing unexpected,
+    misshapen or missing, and it gives the source network's stage outputs ``expected`` on ``x``."""
+    model = build_model(cfg).eval()
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(weights))
+    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    assert not [k for k in incompatible.missing_keys if k.startswith("backbone.")]
+    with torch.no_grad():
+        got = model.backbone(x)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-4)
+
+
 def test_dilated_resnet18_for_deeplab_loads_torchvision_weights_and_matches_it(tmp_path):
     net = _torchvision_resnet(18)
     dst = str(tmp_path / "d2.pkl")
     save_d2_checkpoint(convert_torchvision_resnet(net.state_dict())[0], dst)
     # without dilation it is exactly torchvision's ResNet-18
-    model = build_model(_deeplab_basic_cfg(RES5_DILATION=1, RES5_MULTI_GRID=[1, 1])).eval()
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(dst))
-    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
-    assert not [k for k in incompatible.missing_keys if k.startswith("backbone.")]
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
-        expected, got = _stages(net, x), model.backbone(x)
-    for name, value in expected.items():
-        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-4)
+        expected = _stages(net, x)
+    _assert_loads_and_matches(_deeplab_basic_cfg(RES5_DILATION=1, RES5_MULTI_GRID=[1, 1]), dst,
+                              x, expected)  # fmt: skip
 
     # output stride 16 (the recipe) and 8: the dilated stages keep their input's resolution
     for dilations, stride in (((1, 2), 16), ((2, 4), 8)):
@@ -201,13 +210,7 @@ def test_deep_stem_resnet18_converts_to_the_deeplab_stem_and_matches_it(tmp_path
     assert "MODEL.RESNETS.STEM_OUT_CHANNELS 128" in out and "INPUT.FORMAT BGR" in out
     cfg = _deeplab_basic_cfg(RES5_DILATION=1, RES5_MULTI_GRID=[1, 1], STEM_TYPE="deeplab",
                              STEM_OUT_CHANNELS=128)  # fmt: skip
-    model = build_model(cfg).eval()
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(dst))
-    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
-    assert not [k for k in incompatible.missing_keys if k.startswith("backbone.")]
     x = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
-        expected, got = net.stages(x), model.backbone(x)
-    for name, value in expected.items():
-        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-4)
+        expected = net.stages(x)
+    _assert_loads_and_matches(cfg, dst, x, expected)
