@@ -9,7 +9,7 @@
 # reachable, by `bash tools/gpu_wheels.sh`) into a scratch folder, not over the machine's own
 # packages (D2DIST_GPU_WHEELS names another folder of wheels). Without CUDA it runs its CPU-safe
 # parts (tests/test_gpu_check.py runs it so).
-# What each part does: d2dist/engine/gpu_check.py. Exit status: 0 all ran and passed; 1 a part
+# What each part does: tools/gpu_check.py. Exit status: 0 all ran and passed; 1 a part
 # failed (named in OUT/summary.md and OUT/gpu_check.log); 2 the check could not start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +39,4 @@ if ! "$PY" -c 'import detectron2, fvcore, pycocotools' 2>/dev/null; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # d2dist from this checkout
-exec "$PY" -m d2dist.engine.gpu_check "$OUT" "$@"
+exec "$PY" tools/gpu_check.py "$OUT" "$@"

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """The one GPU check (``bash tools/gpu_check.sh OUT``): the CUDA tests, the step cost of five
 methods at COCO scale, a 300-iteration AMP run of the demo pair, and a markdown summary ready for
 ``docs/benchmarks.md``, written as at most eight plain files directly under ``OUT``.
@@ -14,6 +15,11 @@ through ``tools/benchmark.py --json`` at a reduced size, and the summary. The AM
 Goals it measures on the GPU: ``overhead_ratio <= 1.05`` (what d2dist adds above the student
 step, the teacher forward and the method's own modules and losses) and a bfloat16 teacher at
 least 1.5x faster than a float32 one (``teacher_forward``).
+
+    python tools/gpu_check.py OUT [--cpu] [--budget-s SECONDS] [--work DIR]
+
+is what ``tools/gpu_check.sh`` runs once Detectron2 is importable (it installs the wheels of
+``.whl/`` first where it is not); run from the checkout, like the other tools.
 """
 
 import argparse
@@ -26,11 +32,13 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from PIL import Image
+from tabulate import tabulate
 
-from ..file_io import CHECKOUT
-
-__all__ = ["BENCHMARKS", "VARIANTS", "main", "synthetic_coco"]
+from d2dist.engine.benchmark import machine_description
+from d2dist.file_io import CHECKOUT
 
 # (name, config): the methods timed at COCO scale, with random weights (timing only).
 BENCHMARKS = [
@@ -65,8 +73,6 @@ def synthetic_coco(root: str, n: int, size=(1333, 800), seed: int = 0) -> str:
     of ``size`` (width, height) and a few random boxes each: the configs' own ``coco_2017_train``
     then reads it with ``DETECTRON2_DATASETS=root``. For timing at COCO scale with no COCO at hand.
     """
-    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-
     categories = [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]]
     rng = np.random.default_rng(seed)
     images_dir = os.path.join(root, "coco", "train2017")
@@ -241,8 +247,6 @@ def _goals(rows: List[dict]) -> List[str]:
 
 
 def summary(check: Check, machine: str, tests: str, rows: List[dict], amp) -> str:
-    from tabulate import tabulate
-
     mode = "CUDA" if check.gpu else "no CUDA: the CPU-safe parts only, at a reduced size"
     lines = [f"### GPU check, {time.strftime('%Y-%m-%d')}", "",
              f"Machine: {machine}. Command: `bash tools/gpu_check.sh OUT` ({mode}).", "",
@@ -294,10 +298,6 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="seconds for all parts together (default 420)")  # fmt: skip
     args = parser.parse_args(argv)
-
-    import torch
-
-    from .benchmark import machine_description
 
     os.makedirs(args.out, exist_ok=True)
     work = args.work or tempfile.mkdtemp(prefix="d2dist-gpu-check-")
