@@ -4,19 +4,23 @@ Project keys. A Detectron2 project (PointRend, DeepLab, Panoptic-DeepLab, your o
 with an ``add_<project>_config(cfg)`` function, which must run before a config file that uses
 them is merged. d2dist takes them in two ways:
 
-- the *defaults the student's config was merged into*: :func:`add_distill_config` records a copy
-  of ``cfg`` as it is when called (Detectron2's defaults plus every ``add_*_config`` applied before
-  it), and the teacher's yacs config starts from that copy. So call it last, after your project's
-  config functions; d2dist's tools do so with the functions named by ``--config-function``
-  (:func:`get_cfg`);
+- the *defaults the student's config was merged into*: :func:`add_distill_config` records in
+  ``MODEL.DISTILL.TEACHER.BASE_DEFAULTS`` what ``cfg``'s defaults when it is called (Detectron2's
+  plus every ``add_*_config`` applied before it) add to d2dist's own, and the teacher's yacs config
+  starts from d2dist's defaults plus that record (:func:`config_defaults`; the record is saved with
+  the run's config). So call it last, after your project's config functions; d2dist's tools do so
+  with the functions named by ``--config-function`` (:func:`get_cfg`);
 - ``MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS``: dotted names of further functions applied to the
   teacher's config only (a teacher from another project than the student).
-"""
 
+Distillation terms declare their own namespaces under ``MODEL.DISTILL`` in their own files
+(:func:`register_distill_namespaces`); :func:`add_distill_config` writes the keys they share."""
+
+import copy
 import difflib
 import importlib
 import math
-from typing import Callable, Iterable, List, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Sequence, Union
 
 import yaml
 from detectron2.config import CfgNode as CN
@@ -26,7 +30,6 @@ from detectron2.projects.deeplab import add_deeplab_config
 from .errors import ConfigError, RunFault, a_type, os_error_cause
 
 __all__ = [
-    "ConfigError",
     "DEEPLAB_HEAD_DEFAULTS",
     "add_d2dist_deeplab_config",
     "check_pixel_statistics",
@@ -37,12 +40,30 @@ __all__ = [
     "add_fcos_config",
     "config_defaults",
     "get_cfg",
+    "register_distill_namespaces",
     "resolve_config_function",
 ]
 
-# Where add_distill_config keeps the defaults of the config it was added to: in the CfgNode's
-# instance __dict__, next to yacs's own flags, so it is copied by clone() but never dumped.
-_DEFAULTS = "_d2dist_defaults"
+# Where add_distill_config records what the defaults of the config it is added to add to d2dist's
+# own: MODEL.DISTILL.TEACHER.<this key> (see config_defaults).
+BASE_DEFAULTS = "BASE_DEFAULTS"
+
+# The functions that declare namespaces under MODEL.DISTILL (see register_distill_namespaces).
+_NAMESPACE_SOURCES: List[Callable[[], Dict[str, CN]]] = []
+
+
+def register_distill_namespaces(source: Callable[[], Dict[str, CN]]) -> None:
+    """Have :func:`add_distill_config` add the namespaces ``source()`` returns (``{NAME: CfgNode of
+    its keys and defaults}``) under ``MODEL.DISTILL``, next to the shared keys.
+
+    :mod:`d2dist.modeling` registers its sources when imported (``import d2dist`` does it): the
+    distillation terms (each term declares its namespace in its own file,
+    :meth:`d2dist.modeling.terms.DistillTerm.config_namespace`; the source reads the term registry
+    each time, so a term registered before the config is built has its namespace in it) and
+    acclimation. A source is called by every :func:`add_distill_config`.
+    """
+    if source not in _NAMESPACE_SOURCES:
+        _NAMESPACE_SOURCES.append(source)
 
 
 def add_distill_config(cfg: CN) -> None:
@@ -52,10 +73,16 @@ def add_distill_config(cfg: CN) -> None:
     config next to that project's own ``add_*_config`` calls. Used with
     ``MODEL.META_ARCHITECTURE: "Distiller"``; the rest of ``cfg.MODEL`` configures the student.
 
+    The keys shared by all terms are written here; the namespace of each distillation term (and
+    ``ACCLIMATION``) comes from the term's own file (:func:`register_distill_namespaces`), for the
+    terms registered when this runs.
+
     Call it after the project's own config functions and before merging a config file: it
-    records ``cfg``'s defaults at that point, from which the teacher's config starts (see the
-    module docstring and :func:`config_defaults`).
+    records in ``MODEL.DISTILL.TEACHER.BASE_DEFAULTS`` what ``cfg``'s defaults at that point add
+    to d2dist's own, from which the teacher's config starts (see the module docstring and
+    :func:`config_defaults`).
     """
+    record = _difference(cfg, _base_cfg(), "")
     d = cfg.MODEL.DISTILL = CN()
     # The student: any registered meta-architecture, configured by the rest of cfg.MODEL.
     d.STUDENT_META_ARCHITECTURE = "GeneralizedRCNN"
@@ -80,9 +107,14 @@ def add_distill_config(cfg: CN) -> None:
     # Run the teacher in channels_last memory format (its weights and input images); often
     # faster for convolutions on recent GPUs, especially with AUTOCAST. Results are unchanged.
     d.TEACHER.CHANNELS_LAST = False
+    # Written by add_distill_config, not to be set: what the defaults this config was built on add
+    # to d2dist's own (Detectron2's, DeepLab's, FCOS's): the keys of the project config functions
+    # applied before add_distill_config and the defaults they changed. A yacs teacher's config
+    # starts from d2dist's defaults plus these, also when the run's saved config.yaml is loaded.
+    d.TEACHER[BASE_DEFAULTS] = record
 
-    # Distillation terms, by name in d2dist's DISTILL_LOSS_REGISTRY; each is configured by the
-    # namespace of the same name below.
+    # Distillation terms, by name in d2dist's DISTILL_TERM_REGISTRY; each is configured by the
+    # namespace of the same name in capitals (declared in the term's own file).
     d.LOSSES = []
 
     # Schedule of every distillation term's weight: linear warm-up from 0 over WARMUP_ITERS
@@ -91,133 +123,6 @@ def add_distill_config(cfg: CN) -> None:
     d.WEIGHT_SCHEDULE.WARMUP_ITERS = 0
     d.WEIGHT_SCHEDULE.STOP_ITER = -1
 
-    # Feature mimic: MSE between adapted student and teacher features, summed over levels.
-    d.MIMIC = CN()
-    d.MIMIC.WEIGHT = 1.0
-    d.MIMIC.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    # "auto" (identity when channels match, else 1x1 conv), "IdentityAdapter", "Conv1x1Adapter",
-    # "TorchInitConv1x1Adapter" (PyTorch's default init, as mmrazor's align modules)
-    d.MIMIC.ADAPTER = "auto"
-    d.MIMIC.ADAPTER_NORM = ""  # "", "BN", "GN", "SyncBN", ... (Detectron2's get_norm)
-
-    # Hinton's KD on logits (softmax KL; binary KL per sigmoid logit for dense heads).
-    d.KD = CN()
-    d.KD.WEIGHT = 1.0
-    d.KD.TAU = 1.0
-    # "auto" (roi for R-CNN, dense for RetinaNet / FCOS, pixel for semantic segmentation),
-    # "roi", "dense" or "pixel"
-    d.KD.TARGET = "auto"
-
-    # ReviewKD (Chen et al., CVPR 2021): ABF chain on the student's levels + HCL against the
-    # teacher's. Reference weights (COCO Faster R-CNN): R101->R18 1.2, R101->R50 1.0.
-    d.REVIEWKD = CN()
-    d.REVIEWKD.WEIGHT = 1.0
-    d.REVIEWKD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    d.REVIEWKD.MID_CHANNELS = 256
-    d.REVIEWKD.NORM = "BN"  # after the ABF convolutions, as in the authors' code
-
-    # DIST (Huang et al., NeurIPS 2022): Pearson relation matching of predictions.
-    d.DIST = CN()
-    d.DIST.WEIGHT = 1.0
-    d.DIST.BETA = 1.0  # inter-class term
-    d.DIST.GAMMA = 1.0  # intra-class term
-    d.DIST.TAU = 1.0  # softmax temperature (RoI and pixel logits; dense heads use sigmoid)
-    d.DIST.TARGET = "auto"  # "auto", "roi", "dense" or "pixel"
-    # Dense heads: "location" (the authors' reference: all A*K channels of a location form one
-    # row) or "anchor" (rows of K classes per anchor: a different method, opt-in).
-    d.DIST.DENSE_MODE = "location"
-    # Pixel logits: drop pixels whose ground truth (at the head's resolution) is the ignore
-    # label. The authors keep them (False).
-    d.DIST.MASK_IGNORE = False
-
-    # DIST+ (Huang et al., TPAMI 2025) feature term: DIST on FPN features, d2dist's documented
-    # reconstruction (the paper is not openly available; see README). Rows are positions,
-    # columns channels; adapters map student to teacher widths.
-    d.DIST_FEATURE = CN()
-    d.DIST_FEATURE.WEIGHT = 1.0
-    d.DIST_FEATURE.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    d.DIST_FEATURE.BETA = 1.0
-    d.DIST_FEATURE.GAMMA = 1.0
-    d.DIST_FEATURE.TAU = 1.0
-    d.DIST_FEATURE.NORMALIZE = "none"  # "none" or "softmax" (over channels, with TAU)
-    d.DIST_FEATURE.ADAPTER = "auto"
-    d.DIST_FEATURE.ADAPTER_NORM = ""
-
-    # DIST+ teacher acclimation (reconstruction): identity-initialised trainable maps of the
-    # teacher's outputs for the DIST and DIST_FEATURE terms (a temperature for logits, a
-    # per-channel affine map for features), trained on the distillation loss and anchored to the
-    # unmodified teacher by LAMBDA * |theta - identity|^2; trained from START_ITER, frozen from
-    # STOP_ITER (-1: never).
-    d.ACCLIMATION = CN()
-    d.ACCLIMATION.ENABLED = False
-    # "output": the maps above (DIST: a temperature; DIST_FEATURE: per-channel affine);
-    # "head": the teacher's classification layer made trainable (a copy initialised from the
-    # teacher), anchored by LAMBDA * KL(teacher || acclimated) (DIST only). Both reconstructions.
-    d.ACCLIMATION.MODE = "output"
-    d.ACCLIMATION.LAMBDA = 1.0
-    d.ACCLIMATION.START_ITER = 0
-    d.ACCLIMATION.STOP_ITER = -1
-
-    # PKD (Cao et al., NeurIPS 2022): MSE of per-channel standardised features. Reference
-    # weights: 6 for Faster R-CNN on p2-p5, 10 for RetinaNet / FCOS on p3-p6.
-    d.PKD = CN()
-    d.PKD.WEIGHT = 6.0
-    d.PKD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    # The paper compares FPNs of equal width ("auto" is then the identity); for other widths
-    # "auto" maps the student with a 1x1 conv first (d2dist's addition, not in the paper).
-    d.PKD.ADAPTER = "auto"
-    d.PKD.ADAPTER_NORM = ""
-
-    # CWD (Shu et al., ICCV 2021): KL of per-channel spatial distributions. TARGET "features"
-    # (IN_FEATURES; reference tau 1, weight 5-10) or "pixel" (segmentation logits; reference
-    # tau 4, weight 3).
-    d.CWD = CN()
-    d.CWD.WEIGHT = 5.0
-    d.CWD.TAU = 1.0
-    d.CWD.TARGET = "features"
-    d.CWD.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    d.CWD.ADAPTER = "auto"
-    d.CWD.ADAPTER_NORM = ""
-
-    # MGD (Yang et al., ECCV 2022): masked generative distillation on FPN levels. WEIGHT is the
-    # paper's alpha (the loss is a sum over channels and positions): the authors' COCO configs
-    # use 5e-7, LAMBDA 0.45 on p2-p5 for two-stage detectors (the defaults here) and 2e-5, 0.65
-    # on p3-p7 for one-stage ones.
-    d.MGD = CN()
-    d.MGD.WEIGHT = 5e-7
-    d.MGD.LAMBDA = 0.45  # the fraction of masked positions
-    d.MGD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    d.MGD.ADAPTER = "auto"  # a 1x1 conv (with bias) when the widths differ, as the authors'
-    d.MGD.ADAPTER_NORM = ""
-
-    # FGD (Yang et al., CVPR 2022): focal (foreground / background, teacher attention), attention
-    # and global (context-block) losses on FPN levels of detectors. Defaults: the authors' Faster
-    # R-CNN settings; RetinaNet: TAU 0.5, ALPHA 1e-3, BETA 5e-4, GAMMA 5e-4, LAMBDA 5e-6 on p3-p7;
-    # FCOS: 0.8, 1.6e-3, 8e-4, 8e-4, 8e-6.
-    d.FGD = CN()
-    d.FGD.WEIGHT = 1.0
-    d.FGD.TAU = 0.5
-    d.FGD.ALPHA = 5e-5  # foreground
-    d.FGD.BETA = 2.5e-5  # background
-    d.FGD.GAMMA = 5e-5  # attention
-    d.FGD.LAMBDA = 5e-7  # global relation
-    d.FGD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    d.FGD.ADAPTER = "auto"
-    d.FGD.ADAPTER_NORM = ""
-    # How boxes are mapped onto a level: "stride" (x / stride, the padded grid) or "image" (as
-    # the authors' code: x / unpadded image width * map width, which stretches padded images).
-    d.FGD.MASK_MODE = "stride"
-
-    # CrossKD (Wang et al., CVPR 2024) for RetinaNet / FCOS students: the student's head features
-    # after its DEPTH-th conv (0: the FPN level) run through the teacher's remaining head.
-    # Defaults: the authors' RetinaNet settings; FCOS: DEPTH 2, CLS_WEIGHT 0.4, REG_WEIGHT 0.75.
-    d.CROSSKD = CN()
-    d.CROSSKD.WEIGHT = 1.0
-    d.CROSSKD.DEPTH = 3
-    d.CROSSKD.CLS_WEIGHT = 1.0
-    d.CROSSKD.REG_WEIGHT = 1.0
-    d.CROSSKD.BETA = 1.0  # the exponent of the quality-focal KD
-
     # Initialise the student's parameters whose names start with one of these prefixes from the
     # teacher's parameters of the same name and shape (e.g. ["backbone.fpn_", "backbone.top_block",
     # "head"]: a one-stage student's neck and head), at the start of a run (not when resuming),
@@ -225,21 +130,92 @@ def add_distill_config(cfg: CN) -> None:
     # configs ("inheriting"), and their reported gains include it. Empty: off.
     d.INHERIT = []
 
-    defaults = cfg.clone()
-    defaults.__dict__.pop(_DEFAULTS, None)
-    cfg.__dict__[_DEFAULTS] = defaults
+    for source in _NAMESPACE_SOURCES:
+        for key, namespace in source().items():
+            if key in d:
+                raise ConfigError(
+                    f"MODEL.DISTILL.{key} is declared twice: a distillation term's namespace is "
+                    "its class name in capitals, which must differ from the other namespaces and "
+                    f"keys of MODEL.DISTILL ({sorted(d)}); rename the term's class."
+                )
+            if not isinstance(namespace, CN):
+                raise TypeError(
+                    f"the namespace MODEL.DISTILL.{key} must be declared as a CfgNode, not a "
+                    f"{type(namespace).__name__}"
+                )
+            d[key] = namespace
 
 
 def config_defaults(cfg: CN) -> CN:
-    """A fresh copy of the defaults ``cfg`` was built on (recorded by :func:`add_distill_config`:
-    Detectron2's defaults plus the config functions applied before it), or d2dist's
-    :func:`get_cfg` for a config without that record."""
-    defaults = cfg.__dict__.get(_DEFAULTS)
-    if defaults is None:
-        return get_cfg()
-    defaults = defaults.clone()
-    defaults.defrost()
+    """A fresh copy of the defaults ``cfg`` was built on: d2dist's own (:func:`get_cfg` without
+    config functions) plus what ``MODEL.DISTILL.TEACHER.BASE_DEFAULTS`` records (the keys and
+    defaults of the config functions applied before :func:`add_distill_config`), with
+    ``MODEL.DISTILL`` at its defaults. A config without that record gives d2dist's
+    :func:`get_cfg`.
+
+    The record is part of the config, so a run's saved config.yaml, however it is loaded (merged
+    into :func:`get_cfg` with the project's config functions, or with new keys allowed), gives the
+    same defaults; so does a config in which a project's function only changed defaults, merged
+    into plain :func:`get_cfg`. Tuples of the record come back as lists where d2dist's own defaults
+    lack the key (as the YAML file has them). Keys of d2dist's own defaults that ``cfg`` lacks
+    (e.g. DeepLab's, when the config started from Detectron2's ``get_cfg``) are not recorded: the
+    copy has them with their defaults.
+    """
+    defaults = _base_cfg()
+    record = cfg.MODEL.get("DISTILL", CN()).get("TEACHER", CN()).get(BASE_DEFAULTS)
+    if isinstance(record, CN):
+        _apply(defaults, record)
+    add_distill_config(defaults)
     return defaults
+
+
+def _base_cfg() -> CN:
+    """d2dist's own defaults: Detectron2's, DeepLab's with d2dist's DeepLab parts', FCOS's."""
+    cfg = _d2_get_cfg()
+    add_deeplab_config(cfg)
+    add_d2dist_deeplab_config(cfg)
+    add_fcos_config(cfg)
+    return cfg
+
+
+def _plain(value):
+    """A config value as its YAML dump writes it (tuples as lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _difference(node: CN, base: CN, path: str) -> CN:
+    """The keys of ``node`` that ``base`` lacks or holds with another value (``MODEL.DISTILL``
+    left out), as a node that accepts new keys at every level (so that a dumped config merges
+    back); tuples as lists."""
+    out = CN(new_allowed=True)
+    for key, value in node.items():
+        full = f"{path}{key}"
+        if full == "MODEL.DISTILL":
+            continue
+        other = base.get(key)
+        if isinstance(value, CN):
+            part = _difference(value, other if isinstance(other, CN) else CN(), f"{full}.")
+            if part or not isinstance(other, CN):
+                out[key] = part
+        elif key not in base or _plain(value) != _plain(other):
+            out[key] = _plain(value)
+    return out
+
+
+def _apply(node: CN, record: CN) -> None:
+    """Write ``record`` (of :func:`_difference`) into ``node``: new keys added, values replaced
+    (a list where ``node`` holds a tuple becomes a tuple again)."""
+    for key, value in record.items():
+        if isinstance(value, CN):
+            if not isinstance(node.get(key), CN):
+                node[key] = CN()
+            _apply(node[key], value)
+        elif isinstance(node.get(key), tuple) and isinstance(value, list):
+            node[key] = tuple(value)
+        else:
+            node[key] = copy.deepcopy(value)
 
 
 ConfigFunction = Union[str, Callable[[CN], None]]
@@ -328,10 +304,7 @@ def get_cfg(*config_functions: ConfigFunction) -> CN:
     ``add_*_config``, e.g. ``"detectron2.projects.point_rend.add_pointrend_config"``), and last
     d2dist's ``MODEL.DISTILL`` (so the teacher's config starts from all of them).
     """
-    cfg = _d2_get_cfg()
-    add_deeplab_config(cfg)
-    add_d2dist_deeplab_config(cfg)
-    add_fcos_config(cfg)
+    cfg = _base_cfg()
     apply_config_functions(cfg, config_functions, "--config-function")
     add_distill_config(cfg)
     return cfg

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = [
     "TINY_HEIGHT",
     "TINY_WIDTH",
@@ -51,8 +53,6 @@ def write_tiny_datasets(root: str) -> None:
     recipes' own dataset names then read them. Otherwise a :class:`ConfigError`, rather than a run
     that reads other files than the ones written."""
     from detectron2.data import MetadataCatalog
-
-    from ..errors import ConfigError
 
     registered = os.path.abspath(MetadataCatalog.get("coco_2017_train").json_file)
     if not registered.startswith(os.path.abspath(root) + os.sep):

@@ -3,26 +3,23 @@ modules, acclimation)."""
 
 # registers the Distiller, FCOS, a dilated ResNet-18/34, DeepLabV3 with an auxiliary head
 from . import backbone, heads, meta_arch  # noqa: F401
-from .adapters import ADAPTER_REGISTRY, DISTILL_MODULE_REGISTRY, build_adapter, build_distill_module
+from .adapters import DISTILL_MODULE_REGISTRY, build_adapter, build_distill_module
 from .lazy import TermSpec, teacher_from_file, yacs_model
 from .meta_arch import Distiller
 from .recorder import Recorder
 from .targets import TARGET_KIND_REGISTRY, TargetExtractor, TargetKind, TargetRequest, Targets
-from .teacher import Teacher, TeacherNotLoadedError, build_teacher, load_teacher_config
+from .teacher import Teacher, TeacherNotLoadedError, build_teacher
+from .teacher_config import load_teacher_config
 from .terms import (
     DISTILL_TERM_REGISTRY,
     DistillTerm,
+    TermOptions,
     TermOutput,
     build_distill_terms,
     register_term,
 )
 
-# The term registry's earlier name.
-DISTILL_LOSS_REGISTRY = DISTILL_TERM_REGISTRY
-
 __all__ = [
-    "ADAPTER_REGISTRY",
-    "DISTILL_LOSS_REGISTRY",
     "DISTILL_MODULE_REGISTRY",
     "DISTILL_TERM_REGISTRY",
     "DistillTerm",
@@ -35,6 +32,7 @@ __all__ = [
     "Targets",
     "Teacher",
     "TeacherNotLoadedError",
+    "TermOptions",
     "TermOutput",
     "TermSpec",
     "build_adapter",

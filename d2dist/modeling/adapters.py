@@ -16,7 +16,6 @@ from ..errors import ConfigError
 
 __all__ = [
     "ABF",
-    "ADAPTER_REGISTRY",
     "Conv1x1Adapter",
     "DISTILL_MODULE_REGISTRY",
     "IdentityAdapter",
@@ -35,8 +34,6 @@ is called with keyword arguments only, ``cls(**kwargs)``, and returns an ``nn.Mo
 ``get_norm`` names, "" for none) and ``key`` (the feature's name, for messages), and map a student
 tensor (N, Cs, H, W) to (N, Ct, H, W).
 """
-# The registry's earlier name: adapters are the helper modules the terms started with.
-ADAPTER_REGISTRY = DISTILL_MODULE_REGISTRY
 
 
 NORMS = ("", "BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "LN")

@@ -13,8 +13,9 @@ A LazyConfig distillation config's ``model`` is the :class:`~d2dist.modeling.Dis
     )
 
 Each :class:`TermSpec` is built once the student and the teacher exist, through the same
-registered term (and checks) as a yacs config's ``MODEL.DISTILL.<NAME>`` namespace, so its
-adapters' widths come from the two models' ``output_shape()``.
+registered term, constructor path and checks as a yacs config's ``MODEL.DISTILL.<NAME>``
+namespace (:meth:`~d2dist.modeling.terms.DistillTerm.build`), so its adapters' widths come from the
+two models' ``output_shape()``.
 """
 
 import os
@@ -24,7 +25,10 @@ from torch import nn
 
 from ..config import get_cfg, merge_config_file, merge_overrides
 from ..errors import ConfigError
-from .teacher import Teacher, build_meta_arch, build_teacher
+from .teacher import Teacher, build_teacher
+from .teacher_config import build_meta_arch
+from .terms import DISTILL_TERM_REGISTRY, DistillTerm, TermOptions
+from .terms.acclimation import acclimation_namespace
 
 __all__ = ["TermSpec", "teacher_from_file", "yacs_model"]
 
@@ -83,10 +87,10 @@ class TermSpec:
     def __repr__(self) -> str:
         return f"TermSpec({self.name!r}, {self.options})"
 
-    def build(self, student: nn.Module, teacher: nn.Module):
-        """The term for these two models (widths from their ``output_shape()``)."""
-        from .terms import DISTILL_TERM_REGISTRY
-
+    def build(self, student: nn.Module, teacher: nn.Module) -> DistillTerm:
+        """The term for these two models (widths from their ``output_shape()``): its options over
+        the defaults its ``config_namespace()`` declares, built by :meth:`DistillTerm.build` as
+        from a yacs config."""
         registered = sorted(n for n, _ in DISTILL_TERM_REGISTRY)
         if self.name not in registered:
             raise ConfigError(
@@ -94,18 +98,18 @@ class TermSpec:
                 f"{registered}"
             )
         cls = DISTILL_TERM_REGISTRY.get(self.name)
-        cfg = get_cfg()
-        head = getattr(student, "sem_seg_head", None)
-        if head is not None and hasattr(head, "ignore_value"):
-            cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = head.ignore_value
-        for key, values in ((cls.CONFIG_KEY, self.options), ("ACCLIMATION", self.acclimation)):
-            node = cfg.MODEL.DISTILL[key]
-            for option, value in values.items():
-                if option.upper() not in node:
-                    raise ConfigError(
-                        f"TermSpec({self.name!r}) option {option!r}: MODEL.DISTILL.{key} has no "
-                        f"{option.upper()!r}; it has {sorted(k.lower() for k in node)}."
-                    )
-                node[option.upper()] = value if not isinstance(value, tuple) else list(value)
-        cfg.MODEL.DISTILL.LOSSES = [self.name]
-        return cls(cfg, student, teacher)
+        values = self._over(cls.config_namespace(), cls.CONFIG_KEY, self.options)
+        acclimation = self._over(acclimation_namespace(), "ACCLIMATION", self.acclimation)
+        options = TermOptions(values, key=cls.CONFIG_KEY, acclimation=acclimation)
+        return cls.build(student, teacher, options)
+
+    def _over(self, node, key: str, values: dict):
+        """``node`` (a namespace's defaults) with ``values`` (options in any case) set."""
+        for option, value in values.items():
+            if option.upper() not in node:
+                raise ConfigError(
+                    f"TermSpec({self.name!r}) option {option!r}: MODEL.DISTILL.{key} has no "
+                    f"{option.upper()!r}; it has {sorted(k.lower() for k in node)}."
+                )
+            node[option.upper()] = value if not isinstance(value, tuple) else list(value)
+        return node

@@ -15,22 +15,21 @@ from typing import Optional, Sequence
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
 from ..errors import UNREADABLE_CHECKPOINT, ConfigError, incompatible_keys
-from ..file_io import local_path
+from .teacher_config import (
+    _local,
+    _resolved,
+    _teacher_config_path,
+    build_meta_arch,
+    is_lazy_config,
+    load_lazy_teacher_config,
+    load_teacher_config,
+)
 
-__all__ = [
-    "Teacher",
-    "TeacherNotLoadedError",
-    "build_meta_arch",
-    "build_teacher",
-    "is_lazy_config",
-    "load_lazy_teacher_config",
-    "load_teacher_config",
-]
+__all__ = ["AUTOCAST_DTYPES", "FLOAT16_ON_CPU", "Teacher", "TeacherNotLoadedError", "build_teacher"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,185 +48,21 @@ class TeacherNotLoadedError(RuntimeError):
     """A Distiller was asked to train with a teacher whose weights were never loaded."""
 
 
-def build_meta_arch(cfg: CfgNode, name: str, key: str) -> nn.Module:
-    """Build the meta-architecture ``name`` from ``cfg`` (with ``MODEL.META_ARCHITECTURE=name``).
-
-    Unlike Detectron2's ``build_model`` it neither moves the model nor logs it.
-    """
-    registered = sorted(n for n, _ in META_ARCH_REGISTRY)
-    if name == "Distiller" or name not in registered:
-        raise ConfigError(
-            f"{key}={name!r} is not a meta-architecture d2dist can distill "
-            f"{'to or from' if name == 'Distiller' else ''}; registered: "
-            f"{[n for n in registered if n != 'Distiller']}. Import the module that registers "
-            "your own meta-architecture before building the model."
-        )
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.META_ARCHITECTURE = name
-    cfg.freeze()
-    try:
-        return META_ARCH_REGISTRY.get(name)(cfg)
-    except ConfigError:
-        raise
-    except (KeyError, AttributeError, AssertionError, ValueError, IndexError, TypeError) as e:
-        raise ConfigError(
-            f"{key}={name!r} cannot be built from this config ({type(e).__name__}: {e}). Is "
-            f"{name!r} the meta-architecture the config describes? (A Distiller config's "
-            "STUDENT_META_ARCHITECTURE must be its student's, e.g. 'RetinaNet' for a RetinaNet "
-            "config; it defaults to 'GeneralizedRCNN'.)"
-        ) from e
-
-
-def _teacher_config_path(cfg: CfgNode) -> str:
-    """``TEACHER.CONFIG_FILE`` resolved: a file path (``model_zoo:`` names a model-zoo config)."""
-    tcfg = cfg.MODEL.DISTILL.TEACHER
-    path = tcfg.CONFIG_FILE
-    if not path:
-        raise ConfigError(
-            "MODEL.DISTILL.TEACHER.CONFIG_FILE is empty: set it to the teacher's own Detectron2 "
-            "config file (a path, or 'model_zoo:COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml')."
-        )
-    if path.startswith("model_zoo:"):
-        from detectron2 import model_zoo
-
-        try:
-            return model_zoo.get_config_file(path[len("model_zoo:") :])
-        except RuntimeError as e:
-            raise ConfigError(f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r}: {e}") from e
-    path = _local(path, "MODEL.DISTILL.TEACHER.CONFIG_FILE", _STUDENT_ALONE)
-    if not os.path.isfile(path):
-        raise ConfigError(
-            f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r}"
-            f"{_resolved(path, tcfg.CONFIG_FILE)} does not exist (working directory "
-            f"{os.getcwd()}). Give a path to the teacher's config file (relative to the "
-            "working directory), 'd2dist://<path>' for a file of the d2dist checkout, or "
-            "'model_zoo:<path>' for a config of Detectron2's model zoo." + _STUDENT_ALONE
-        )
-    return path
-
-
-# Building a Distiller needs its teacher's config (the terms' widths come from it); evaluating
-# and predicting need the student alone.
-_STUDENT_ALONE = (
-    " To evaluate or predict with the distilled student, no teacher file is needed: build "
-    "d2dist.engine.for_evaluation(cfg), the student's config (e.g. "
-    "DefaultPredictor(for_evaluation(cfg)); d2dist's tools and DistillationMixin's build_model "
-    "do so for evaluation)."
-)
-
-
-def _resolved(path: str, given: str) -> str:
-    return f" (the file {path})" if path != given else ""
-
-
-def _local(path: str, key: str, hint: str = "") -> str:
-    """A ``d2dist://`` path as the file of the checkout it names (see :mod:`d2dist.file_io`)."""
-    try:
-        return local_path(path)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{key}: {e}{hint}") from e
-
-
-def is_lazy_config(path: str) -> bool:
-    """Whether a config file is a LazyConfig (Python) file rather than a yacs YAML file."""
-    return path.endswith(".py")
-
-
-# What an unknown key of the teacher's config may mean besides a typo.
-_TEACHER_PROJECT_KEYS = (
-    " If the key belongs to a Detectron2 project (PointRend, Panoptic-DeepLab, your own), name the "
-    "project's config function in MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS, e.g. "
-    "['detectron2.projects.point_rend.add_pointrend_config'], or apply it to the student's config "
-    "too (tools/train_net.py --config-function NAME; in your own train_net, call it before "
-    "add_distill_config)."
-)
-
-
-def load_teacher_config(cfg: CfgNode) -> CfgNode:
-    """The teacher's yacs config: the defaults the student's config started from
-    (:func:`d2dist.config.config_defaults`), ``TEACHER.CONFIG_FUNCTIONS``, ``TEACHER.CONFIG_FILE``
-    and ``TEACHER.OPTS``.
-
-    The teacher runs on the student's ``MODEL.DEVICE``.
-    """
-    from ..config import (
-        apply_config_functions,
-        check_pixel_statistics,
-        config_defaults,
-        merge_config_file,
-        merge_overrides,
-    )
-
-    tcfg = cfg.MODEL.DISTILL.TEACHER
-    path = _teacher_config_path(cfg)
-    if is_lazy_config(path):
-        raise ConfigError(
-            f"MODEL.DISTILL.TEACHER.CONFIG_FILE={tcfg.CONFIG_FILE!r} is a LazyConfig file, which "
-            "has no yacs config; build the teacher with d2dist.modeling.build_teacher(cfg)."
-        )
-    teacher_cfg = config_defaults(cfg)
-    apply_config_functions(
-        teacher_cfg, tcfg.CONFIG_FUNCTIONS, "MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS names"
-    )
-    what = f"teacher config {path!r}"
-    where = f"{what} with MODEL.DISTILL.TEACHER.OPTS={list(tcfg.OPTS)}"
-    try:
-        merge_config_file(teacher_cfg, path, what, _TEACHER_PROJECT_KEYS)
-        merge_overrides(teacher_cfg, list(tcfg.OPTS), where, _TEACHER_PROJECT_KEYS)
-    except ConfigError:
-        raise
-    except (KeyError, ValueError, AssertionError) as e:  # what yacs itself still refuses
-        hint = _TEACHER_PROJECT_KEYS if "Non-existent" in str(e) else ""
-        raise ConfigError(f"{where}: {e}.{hint}") from e
-    check_pixel_statistics(teacher_cfg, where)
-    if teacher_cfg.MODEL.META_ARCHITECTURE == "Distiller":
-        raise ConfigError(
-            f"the teacher config {path!r} is itself a Distiller config; the teacher must be a "
-            "plain Detectron2 model (export a distilled student with tools/export_student.py "
-            "to use it as a teacher)."
-        )
-    teacher_cfg.MODEL.DEVICE = cfg.MODEL.DEVICE
-    teacher_cfg.MODEL.WEIGHTS = tcfg.WEIGHTS
-    teacher_cfg.freeze()
-    return teacher_cfg
-
-
-def load_lazy_teacher_config(cfg: CfgNode):
-    """The teacher's LazyConfig (``TEACHER.CONFIG_FILE`` a ``.py`` file, ``TEACHER.OPTS`` its
-    ``key=value`` overrides), which must define ``model``."""
-    from detectron2.config import LazyConfig
-
-    tcfg = cfg.MODEL.DISTILL.TEACHER
-    path = _teacher_config_path(cfg)
-    opts = list(tcfg.OPTS)
-    bad = [o for o in opts if "=" not in o]
-    if bad:
-        raise ConfigError(
-            f"MODEL.DISTILL.TEACHER.OPTS={opts}: a LazyConfig teacher takes 'key=value' "
-            f"overrides (e.g. 'model.roi_heads.num_classes=3'); {bad} is not of that form."
-        )
-    try:
-        lazy = LazyConfig.apply_overrides(LazyConfig.load(path), opts)
-    except Exception as e:  # a user's Python file: any exception is possible
-        raise ConfigError(
-            f"could not load the LazyConfig teacher {path!r} with MODEL.DISTILL.TEACHER.OPTS="
-            f"{opts}: {type(e).__name__}: {e}"
-        ) from e
-    if "model" not in lazy:
-        raise ConfigError(
-            f"the LazyConfig teacher {path!r} defines no 'model' (it has {sorted(lazy)}); the "
-            "teacher is the instantiated `model` of its config file."
-        )
-    return lazy
-
-
 class _StrictCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer, but a key or shape mismatch is an error instead of a log line."""
 
     def __init__(self, model: nn.Module, *, key: str, source: str):
         super().__init__(model)
         self.key, self.source = key, source
+
+    def _load_file(self, filename: str):
+        """The file read; one that cannot be (cut short, not a checkpoint) is a ConfigError."""
+        try:
+            return super()._load_file(filename)
+        except UNREADABLE_CHECKPOINT as e:
+            raise ConfigError(
+                f"could not read {self.key}={filename!r}: {type(e).__name__}: {e}"
+            ) from e
 
     def _log_incompatible_keys(self, incompatible) -> None:
         problems = incompatible_keys(incompatible, "the teacher model", most=None)
@@ -321,7 +156,7 @@ class Teacher:
         self.source = source
         self.cfg, self.lazy = cfg, lazy
         self.config_path = ""  # the config file it was built from (set by build_teacher)
-        self.weights_sha256 = ""  # of the weights file, once loaded (the run record's)
+        self.weights_file = ""  # the local file its weights were loaded from, once loaded
         model.eval()
         model.requires_grad_(False)
         if channels_last:
@@ -355,22 +190,13 @@ class Teacher:
         checkpointer = _StrictCheckpointer(
             self.model, key="MODEL.DISTILL.TEACHER.WEIGHTS", source=self.source
         )
-        try:
-            checkpointer.load(weights)
-        except ConfigError:
-            raise
-        except UNREADABLE_CHECKPOINT as e:
-            raise ConfigError(
-                f"could not read MODEL.DISTILL.TEACHER.WEIGHTS={weights!r}: {type(e).__name__}: {e}"
-            ) from e
+        checkpointer.load(weights)  # (its existence was checked above)
         self._check_finite(weights)
         if self.channels_last:  # loading copies into the parameters; keep their memory format
             self.model.to(memory_format=torch.channels_last)
         self.model.eval()
         self.loaded = True
-        from ..engine.record import file_sha256
-
-        self.weights_sha256 = file_sha256(weights)
+        self.weights_file = weights
         logger.info(
             f"Teacher: {type(self.model).__name__} from {self.source}, weights {weights} "
             f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M params)"
@@ -402,7 +228,7 @@ class Teacher:
                 "d2dist.engine.DistillationMixin as the first base of its trainer class; a "
                 "script that calls checkpointer.resume_or_load(...) itself (LazyConfig's "
                 "lazyconfig_train_net.py, a training loop of your own), call "
-                "d2dist.engine.resume_or_load(checkpointer, ...) instead, which also initialises "
+                "d2dist.checkpoint.resume_or_load(checkpointer, ...) instead, which also initialises "
                 "the student; or call distiller.load_teacher() before training."
             )
 

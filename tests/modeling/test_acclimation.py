@@ -11,8 +11,8 @@ from _tiny import (
 )
 from detectron2.utils.events import EventStorage
 
-from d2dist.config import ConfigError
-from d2dist.losses import dist_feature_loss
+from d2dist.errors import ConfigError
+from d2dist.modeling.terms import dist_feature_loss
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_head_acclimation_starts_as_the_teacher_and_trains_a_copy_of_its_classif
 def test_head_acclimation_updates_the_copy_with_the_student_side_detached(tmp_path):
     """The copy's gradient is the loss's with the student side detached, the student's the loss's
     with the teacher side detached (one computation serves both)."""
-    from d2dist.losses import dist_loss
+    from d2dist.modeling.terms import dist_loss
 
     head, _ = _head_model(tmp_path, "faster_rcnn")
     term, acclimation = head.terms[0], head.terms[0].acclimation

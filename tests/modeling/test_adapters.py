@@ -5,9 +5,9 @@ import torch
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from d2dist.config import ConfigError
+from d2dist.errors import ConfigError
 from d2dist.modeling.adapters import (
-    ADAPTER_REGISTRY,
+    DISTILL_MODULE_REGISTRY,
     Conv1x1Adapter,
     IdentityAdapter,
     build_adapter,
@@ -19,8 +19,8 @@ def _spec(channels: int, stride: int = 8) -> ShapeSpec:
 
 
 def test_registry_holds_both_adapters():
-    assert ADAPTER_REGISTRY.get("IdentityAdapter") is IdentityAdapter
-    assert ADAPTER_REGISTRY.get("Conv1x1Adapter") is Conv1x1Adapter
+    assert DISTILL_MODULE_REGISTRY.get("IdentityAdapter") is IdentityAdapter
+    assert DISTILL_MODULE_REGISTRY.get("Conv1x1Adapter") is Conv1x1Adapter
 
 
 def test_auto_is_identity_when_channels_match():

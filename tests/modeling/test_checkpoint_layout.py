@@ -14,10 +14,11 @@ from detectron2.modeling import build_model
 from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
-from d2dist.engine import DistillationMixin, StudentCheckpointer, for_evaluation
+from d2dist.checkpoint import StudentCheckpointer
+from d2dist.engine import DistillationMixin, for_evaluation
 from d2dist.engine.export import export_student
 from d2dist.errors import ConfigError
-from d2dist.modeling.meta_arch.distiller import split_distiller_state
+from d2dist.modeling.meta_arch.state import split_distiller_state
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from d2dist.config import ConfigError
-from d2dist.losses import quality_focal_kd_loss
+from d2dist.errors import ConfigError
 from d2dist.modeling import Distiller, Teacher, TermSpec
+from d2dist.modeling.terms import quality_focal_kd_loss
 from d2dist.modeling.terms.crosskd import box_iou_aligned
 
 SAME_WIDTH = {"MODEL__FPN__OUT_CHANNELS": 16}  # the tiny teachers' heads at the students' width

@@ -5,7 +5,7 @@ import torch
 from _tiny import build_distiller, distill_cfg, inputs, tiny_cfg, write_teacher
 from detectron2.utils.events import EventStorage
 
-from d2dist.config import ConfigError
+from d2dist.errors import ConfigError
 from d2dist.modeling import Recorder
 
 

@@ -9,8 +9,8 @@ from _tiny import build_distiller, distill_cfg, inputs, write_teacher
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from d2dist.config import ConfigError
-from d2dist.losses import fgd_loss, fgd_masks
+from d2dist.errors import ConfigError
+from d2dist.modeling.terms import fgd_loss, fgd_masks
 from d2dist.modeling.terms.fgd import FGDContext, _attention
 
 

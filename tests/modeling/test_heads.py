@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-from d2dist.config import ConfigError, get_cfg
+from d2dist.config import get_cfg
+from d2dist.errors import ConfigError
 
 NUM_CLASSES = 5
 

@@ -6,8 +6,8 @@ import torch
 from _tiny import distill_cfg, write_teacher
 from detectron2.modeling import build_model
 
-from d2dist.config import ConfigError
-from d2dist.engine.trainer import initialise_student
+from d2dist.checkpoint import initialise_student
+from d2dist.errors import ConfigError
 from d2dist.modeling import TeacherNotLoadedError
 
 NECK_AND_HEAD = ["backbone.fpn_", "backbone.top_block", "head"]

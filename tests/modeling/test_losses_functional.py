@@ -7,9 +7,10 @@ import pytest
 import torch
 from _reference import rows, softmax
 
-import d2dist.losses
-from d2dist.modeling.losses import functional
-from d2dist.modeling.losses.functional import binary_kd_loss, kd_loss, mimic_loss
+from d2dist.modeling import terms
+from d2dist.modeling.terms import kd, mimic
+from d2dist.modeling.terms.kd import binary_kd_loss, kd_loss
+from d2dist.modeling.terms.mimic import mimic_loss
 
 LOSSES = [kd_loss, binary_kd_loss, mimic_loss]
 
@@ -62,9 +63,9 @@ def _pair(*shape, scale=2.0, seed=0):
 
 
 def test_public_api_reexports_the_same_functions():
-    assert d2dist.losses.kd_loss is functional.kd_loss
-    assert d2dist.losses.binary_kd_loss is functional.binary_kd_loss
-    assert d2dist.losses.mimic_loss is functional.mimic_loss
+    assert terms.kd_loss is kd.kd_loss
+    assert terms.binary_kd_loss is kd.binary_kd_loss
+    assert terms.mimic_loss is mimic.mimic_loss
 
 
 @pytest.mark.parametrize("loss", LOSSES)

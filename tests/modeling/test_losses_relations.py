@@ -9,15 +9,12 @@ import torch
 import torch.nn.functional as F
 from _reference import rows, softmax
 
-import d2dist.losses
-from d2dist.modeling.losses import functional
-from d2dist.modeling.losses.functional import (
-    cwd_loss,
-    dist_feature_loss,
-    dist_loss,
-    hcl_loss,
-    pkd_loss,
-)
+from d2dist.modeling import terms
+from d2dist.modeling.terms.cwd import cwd_loss
+from d2dist.modeling.terms.dist import dist_loss
+from d2dist.modeling.terms.dist_feature import dist_feature_loss
+from d2dist.modeling.terms.pkd import pkd_loss
+from d2dist.modeling.terms.reviewkd import hcl_loss
 
 # --- naive references: explicit Python loops in float64 -------------------------------------
 
@@ -177,8 +174,8 @@ def _call(name: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def test_public_api_reexports_the_same_functions():
     for name in ("dist_loss", "dist_feature_loss", "pkd_loss", "cwd_loss", "hcl_loss"):
-        assert getattr(d2dist.losses, name) is getattr(functional, name)
-        assert name in d2dist.losses.__all__
+        assert getattr(terms, name) is globals()[name]  # the function of the term's own file
+        assert name in terms.__all__
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -748,13 +745,13 @@ def test_every_loss_is_float32_under_autocast_and_finite_on_1x1_levels():
     logits = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     one = torch.randn(1, 8, 1, 1, generator=g), torch.randn(1, 8, 1, 1, generator=g)  # a 1x1 level
     calls = {
-        "kd_loss": lambda: d2dist.losses.kd_loss(*logits),
+        "kd_loss": lambda: terms.kd_loss(*logits),
         "dist_loss": lambda: dist_loss(*logits),
         "dist_feature_loss": lambda: dist_feature_loss(*one),
         "pkd_loss": lambda: pkd_loss(*one),
         "cwd_loss": lambda: cwd_loss(*one),
         "hcl_loss": lambda: hcl_loss([one[0]], [one[1]]),
-        "mimic_loss": lambda: d2dist.losses.mimic_loss(*one),
+        "mimic_loss": lambda: terms.mimic_loss(*one),
     }
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for name, call in calls.items():
@@ -765,7 +762,7 @@ def test_every_loss_is_float32_under_autocast_and_finite_on_1x1_levels():
 
 def test_relation_loss_keeps_the_public_contract():
     """float32, the teacher side detached (unless asked otherwise), checked shapes."""
-    from d2dist.losses import relation_loss
+    from d2dist.modeling.terms import relation_loss
 
     torch.manual_seed(0)
     s = torch.rand(6, 4, requires_grad=True)

@@ -7,9 +7,9 @@ from _tiny import build_distiller, distill_cfg, inputs, write_teacher
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from d2dist.config import ConfigError
-from d2dist.losses import mgd_loss
+from d2dist.errors import ConfigError
 from d2dist.modeling import DISTILL_MODULE_REGISTRY, build_distill_module
+from d2dist.modeling.terms import mgd_loss
 from d2dist.modeling.terms.mgd import MGDGenerator, mgd_mask
 
 

@@ -14,7 +14,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from d2dist.modeling import Recorder
-from d2dist.modeling.losses.functional import _float32
+from d2dist.modeling.terms.common import float32_loss
 
 CASES = [
     # (arch, terms, overrides of MODEL.DISTILL)
@@ -90,7 +90,7 @@ def test_the_teachers_own_autocast_applies_inside_amp(tmp_path):
 def test_losses_leave_autocast():
     """The loss functions switch autocast off, so even a matrix product stays float32."""
     a, b = torch.randn(4, 8), torch.randn(8, 3)
-    matmul = _float32(lambda x, y: x @ y)
+    matmul = float32_loss(lambda x, y: x @ y)
     expected = a @ b
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16  # what the losses would get without it

@@ -42,7 +42,8 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from d2dist.config import ConfigError, get_cfg
+from d2dist.config import get_cfg
+from d2dist.errors import ConfigError
 from d2dist.modeling import Distiller, Teacher, TermSpec
 from d2dist.modeling.targets import natural_logit_target, num_branches, pair_batch, repeat_batch
 

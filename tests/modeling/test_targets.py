@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from d2dist.config import ConfigError
+from d2dist.errors import ConfigError
 from d2dist.modeling import Distiller, Teacher, TermSpec
 from d2dist.modeling.targets import (
     TARGET_KIND_REGISTRY,

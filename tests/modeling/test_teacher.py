@@ -7,7 +7,7 @@ from _tiny import build_distiller, distill_cfg, feature_names, inputs, tiny_cfg,
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from d2dist.config import ConfigError
+from d2dist.errors import ConfigError
 from d2dist.modeling import Distiller, Teacher, TeacherNotLoadedError, TermSpec
 
 

@@ -2,21 +2,34 @@
 
 import pytest
 import torch
-from _tiny import build_distiller, distill_cfg, inputs, write_teacher
+from _tiny import build_distiller, distill_cfg, inputs, tiny_cfg, write_teacher
+from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from d2dist.config import ConfigError
-from d2dist.losses import dist_loss
+from d2dist.config import get_cfg
+from d2dist.errors import ConfigError
+from d2dist.modeling import TermSpec
 from d2dist.modeling.adapters import ReviewKDAdapter
+from d2dist.modeling.targets import TargetRequest
+from d2dist.modeling.terms import (
+    DISTILL_TERM_REGISTRY,
+    DistillTerm,
+    TermOutput,
+    build_distill_terms,
+    dist_loss,
+    register_term,
+)
+from d2dist.modeling.terms.acclimation import acclimation_namespace
 
 
 def test_the_term_classes_are_importable_by_name():
     """``@register_term`` returns the class: ``from d2dist.modeling.terms import DIST`` is the
     registered class (fvcore's ``Registry.register(cls)`` alone returns None), so a term can be
-    built by hand from its constructor arguments."""
+    built by hand from its constructor arguments. A user's term declares its namespace in its own
+    class; d2dist's get_cfg has it under MODEL.DISTILL while the term is registered."""
     from d2dist.modeling import terms
-    from d2dist.modeling.terms import DISTILL_TERM_REGISTRY, register_term
 
     names = [name for name, _ in DISTILL_TERM_REGISTRY]
     assert {"DIST", "CrossKD", "ReviewKD", "MGD", "FGD"} <= set(names)
@@ -24,12 +37,170 @@ def test_the_term_classes_are_importable_by_name():
         assert getattr(terms, name) is DISTILL_TERM_REGISTRY.get(name), name
 
     class MyTerm(terms.DistillTerm):
-        pass
+        @classmethod
+        def config_namespace(cls):
+            c = super().config_namespace()
+            c.SCALE = 2.0  # a key of the user's own
+            return c
 
+    assert "MYTERM" not in get_cfg().MODEL.DISTILL
     try:
         assert register_term(MyTerm) is MyTerm
+        assert get_cfg().MODEL.DISTILL.MYTERM == CN({"WEIGHT": 1.0, "SCALE": 2.0})
     finally:
         DISTILL_TERM_REGISTRY._obj_map.pop("MyTerm")
+    assert "MYTERM" not in get_cfg().MODEL.DISTILL
+
+
+def test_every_registered_term_has_its_own_namespace():
+    d = get_cfg().MODEL.DISTILL
+    for _, cls in DISTILL_TERM_REGISTRY:
+        assert d[cls.CONFIG_KEY] == cls.config_namespace(), cls.__name__
+        assert "WEIGHT" in d[cls.CONFIG_KEY]
+    assert d.ACCLIMATION == acclimation_namespace()
+
+
+@pytest.fixture
+def user_term():
+    """A user's term, registered from outside d2dist with its namespace declared in its class and
+    no from_config of its own (the base passes each key in lower case)."""
+
+    class UserMeanGap(DistillTerm):
+        @classmethod
+        def config_namespace(cls):
+            c = super().config_namespace()
+            c.LEVEL = "p3"  # the feature level compared
+            c.SCALE = 1.0  # the factor on the teacher's mean
+            return c
+
+        def __init__(self, *, weight, level, scale):
+            super().__init__(weight=weight)
+            self.level, self.scale = level, scale
+
+        def request(self):
+            return TargetRequest(features=(self.level,))
+
+        def forward(self, targets):
+            s, t = targets.features[self.level]
+            return TermOutput((s.float().mean() - self.scale * t.float().mean()).abs())
+
+    register_term(UserMeanGap)
+    yield UserMeanGap
+    DISTILL_TERM_REGISTRY._obj_map.pop("UserMeanGap")  # tests leave the registry clean
+
+
+def test_a_users_term_is_configured_by_its_own_namespace_in_yacs_and_lazyconfig(
+    user_term, tmp_path
+):
+    cfg = distill_cfg("faster_rcnn", *write_teacher(str(tmp_path), "faster_rcnn"), ["UserMeanGap"])
+    assert cfg.MODEL.DISTILL.USERMEANGAP == CN({"WEIGHT": 1.0, "LEVEL": "p3", "SCALE": 1.0})
+    cfg.MODEL.DISTILL.USERMEANGAP.SCALE = 0.5
+    cfg.MODEL.DISTILL.USERMEANGAP.LEVEL = "p4"
+    model = build_distiller(cfg)
+    term = model.terms[0]
+    assert (type(term), term.level, term.scale) == (user_term, "p4", 0.5)
+    assert torch.isfinite(_step(model, inputs("faster_rcnn"))["loss_distill_usermeangap"])
+
+    student = build_model(tiny_cfg("faster_rcnn"))
+    teacher = build_model(tiny_cfg("faster_rcnn", role="teacher"))
+    term = TermSpec("UserMeanGap", scale=0.25).build(student, teacher)
+    assert (type(term), term.level, term.scale, term.weight) == (user_term, "p3", 0.25, 1.0)
+    with pytest.raises(
+        ConfigError,
+        match=r"TermSpec\('UserMeanGap'\) option 'nope': MODEL.DISTILL.USERMEANGAP has no 'NOPE'; "
+        r"it has \['level', 'scale', 'weight'\]",
+    ):
+        TermSpec("UserMeanGap", nope=1).build(student, teacher)
+
+
+def test_a_term_registered_after_the_config_was_built_is_named(tmp_path):
+    cfg = distill_cfg("faster_rcnn", *write_teacher(str(tmp_path), "faster_rcnn"), ["LateTerm"])
+
+    class LateTerm(DistillTerm):
+        pass
+
+    register_term(LateTerm)
+    try:
+        with pytest.raises(
+            ConfigError,
+            match=r"names 'LateTerm', but this config has no namespace MODEL.DISTILL.LATETERM: the "
+            r"term was registered after the config was built.*--config-function",
+        ):
+            build_distiller(cfg)
+    finally:
+        DISTILL_TERM_REGISTRY._obj_map.pop("LateTerm")
+
+
+def test_a_term_s_namespace_must_not_take_a_shared_key():
+    class Teacher(DistillTerm):  # its namespace would be MODEL.DISTILL.TEACHER
+        pass
+
+    register_term(Teacher)
+    try:
+        with pytest.raises(ConfigError, match=r"MODEL.DISTILL.TEACHER is declared twice.*rename"):
+            get_cfg()
+    finally:
+        DISTILL_TERM_REGISTRY._obj_map.pop("Teacher")
+
+
+def _student_and_teacher(arch="faster_rcnn"):
+    return build_model(tiny_cfg(arch)), build_model(tiny_cfg(arch, role="teacher"))
+
+
+# A term of each kind, with options other than the defaults: (name, options, acclimation)
+SPECS = [
+    ("MIMIC", {"in_features": ["p2", "p3"], "adapter_norm": "GN"}, {}),
+    ("KD", {"tau": 2.0, "target": "roi"}, {}),
+    ("ReviewKD", {"mid_channels": 8, "norm": "", "in_features": ["p3", "p4"]}, {}),
+    ("DIST", {"beta": 2.0, "tau": 3.0}, {"enabled": True, "lambda": 0.5, "mode": "head"}),
+    ("DIST_FEATURE", {"normalize": "softmax"}, {"enabled": True, "start_iter": 2}),
+    ("PKD", {"weight": 2.0}, {}),
+    ("CWD", {"target": "pixel"}, {}),
+    ("MGD", {"lambda": 0.65, "in_features": ["p3"]}, {}),
+    ("FGD", {"mask_mode": "image", "alpha": 1e-3}, {}),
+]
+
+
+@pytest.mark.parametrize("name,options,acclimation", SPECS, ids=[s[0] for s in SPECS])
+def test_yacs_and_termspec_build_the_same_term(name, options, acclimation):
+    """One constructor path: a TermSpec's options give the term the same namespace keys give."""
+    student, teacher = _student_and_teacher("semantic_fpn" if name == "CWD" else "faster_rcnn")
+    cfg = get_cfg()
+    cfg.MODEL.DISTILL.LOSSES = [name]
+    key = DISTILL_TERM_REGISTRY.get(name).CONFIG_KEY
+    for option, value in options.items():
+        cfg.MODEL.DISTILL[key][option.upper()] = value
+    for option, value in acclimation.items():
+        cfg.MODEL.DISTILL.ACCLIMATION[option.upper()] = value
+    torch.manual_seed(0)
+    (from_yacs,) = build_distill_terms(cfg, student, teacher)
+    torch.manual_seed(0)
+    from_spec = TermSpec(name, acclimation=acclimation, **options).build(student, teacher)
+    assert type(from_yacs) is type(from_spec)
+    assert _settings(from_yacs) == _settings(from_spec)
+    a, b = from_yacs.state_dict(), from_spec.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    if acclimation:
+        assert from_yacs.acclimation is not None
+
+
+def _settings(term):
+    """A term's plain attributes (objects such as a schedule by their own attributes)."""
+    return {
+        k: vars(v) if hasattr(v, "__dict__") and not isinstance(v, torch.nn.Module) else v
+        for k, v in vars(term).items()
+        if not k.startswith("_")
+    }
+
+
+def test_termspec_refuses_an_unknown_acclimation_option():
+    student, teacher = _student_and_teacher()
+    with pytest.raises(
+        ConfigError,
+        match=r"TermSpec\('DIST'\) option 'lamda': MODEL.DISTILL.ACCLIMATION has no 'LAMDA'; it "
+        r"has \['enabled', 'lambda', 'mode', 'start_iter', 'stop_iter'\]",
+    ):
+        TermSpec("DIST", acclimation={"lamda": 1.0}).build(student, teacher)
 
 
 def _shapes(widths, strides):

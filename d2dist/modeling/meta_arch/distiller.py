@@ -2,8 +2,7 @@
 
 import logging
 import math
-from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -15,10 +14,12 @@ from torch import nn
 from ...errors import ConfigError
 from ..lazy import TermSpec
 from ..targets import TargetExtractor, TargetRequest
-from ..teacher import Teacher, build_meta_arch, build_teacher
+from ..teacher import Teacher, build_teacher
+from ..teacher_config import build_meta_arch
 from ..terms import DistillTerm, build_distill_terms
+from .state import STUDENT, TERMS, into_student, report_top_level_names, student_at_top_level
 
-__all__ = ["Distiller", "split_distiller_state"]
+__all__ = ["Distiller"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,20 +121,20 @@ class Distiller(nn.Module):
                     "order of the images its data loader produces, 'BGR' or 'RGB'."
                 )
         terms = [t.build(student, teacher.model) if isinstance(t, TermSpec) else t for t in terms]
-        for name in (_STUDENT, _TERMS):
+        for name in (STUDENT, TERMS):
             if hasattr(student, name):
                 raise ConfigError(
                     f"the student ({type(student).__name__}) has an attribute {name!r}, which "
                     "the Distiller's checkpoint layout reserves (its state holds the student's "
-                    f"entries at the top level and the terms' under {_TERMS!r}); rename it."
+                    f"entries at the top level and the terms' under {TERMS!r}); rename it."
                 )
         self.student = student
         self.__dict__["teacher_wrapper"] = teacher  # not a submodule: see the class docstring
         self.terms = nn.ModuleList(terms)
-        assert [n for n, _ in self.named_children()] == [_STUDENT, _TERMS]  # the layout's own
-        self.register_state_dict_post_hook(_student_at_top_level)
-        self.register_load_state_dict_pre_hook(_into_student)
-        self.register_load_state_dict_post_hook(_report_top_level_names)
+        assert [n for n, _ in self.named_children()] == [STUDENT, TERMS]  # the layout's own
+        self.register_state_dict_post_hook(student_at_top_level)
+        self.register_load_state_dict_pre_hook(into_student)
+        self.register_load_state_dict_post_hook(report_top_level_names)
         self.input_format = input_format
         self.student_loss_weight = float(student_loss_weight)
         self.warmup_iters, self.stop_iter = int(warmup_iters), int(stop_iter)
@@ -331,82 +332,6 @@ class Distiller(nn.Module):
         if self.student_loss_weight == 1.0:
             return dict(losses)
         return {k: v * self.student_loss_weight for k, v in losses.items()}
-
-
-_STUDENT, _TERMS = "student", "terms"
-
-
-def _student_at_top_level(module, state_dict, prefix, local_metadata) -> None:
-    """``state_dict`` post-hook: the student's entries (``<prefix>student.X``) as ``<prefix>X``,
-    in their order, before the terms'; their metadata (module versions) likewise."""
-    inner = f"{prefix}{_STUDENT}."
-    own = [k for k in state_dict if k.startswith(prefix)]  # the last ones: this module's
-    entries = [(k, state_dict.pop(k)) for k in own]
-    for k, v in sorted(entries, key=lambda e: not e[0].startswith(inner)):  # stable: student first
-        state_dict[prefix + k[len(inner) :] if k.startswith(inner) else k] = v
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        root = prefix + _STUDENT
-        for k in [k for k in metadata if k == root or k.startswith(root + ".")]:
-            value = metadata.pop(k)
-            if k != root:  # the student's own root entry would replace the Distiller's
-                metadata[prefix + k[len(root) + 1 :]] = value
-
-
-def _into_student(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    """``load_state_dict`` pre-hook: entries that are neither ``terms.`` nor (the layout before
-    0.2) ``student.`` are the student's, named as in the student alone."""
-    module._loading_prefix = prefix
-    for k in list(state_dict):
-        if k.startswith(prefix) and not k[len(prefix) :].startswith((f"{_STUDENT}.", f"{_TERMS}.")):
-            state_dict[f"{prefix}{_STUDENT}.{k[len(prefix):]}"] = state_dict.pop(k)
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        own = prefix[:-1]
-        for k in list(metadata):
-            rest = k if not own else (k[len(own) + 1 :] if k.startswith(own + ".") else None)
-            if rest and rest.split(".")[0] not in (_STUDENT, _TERMS):
-                metadata[f"{prefix}{_STUDENT}.{rest}"] = metadata.pop(k)
-
-
-def _report_top_level_names(module, incompatible) -> None:
-    """``load_state_dict`` post-hook: missing and unexpected student keys named as in
-    ``state_dict()`` (without ``student.``)."""
-    inner = f"{getattr(module, '_loading_prefix', '')}{_STUDENT}."
-    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
-        keys[:] = [k.replace(inner, inner[: -len(_STUDENT) - 1], 1) if k.startswith(inner)
-                   else k for k in keys]  # fmt: skip
-
-
-def split_distiller_state(state: Mapping) -> Tuple["OrderedDict", List[str]]:
-    """The student's entries of a checkpoint's model state, named as in the student alone, and
-    the names of the Distiller's own modules it also held (``["terms"]``; ``[]`` for a plain
-    model's state). Reads both layouts: the student's entries at the top level, and (d2dist
-    before 0.2) under ``student.``."""
-    old = any(k.startswith(f"{_STUDENT}.") for k in state)
-
-    def student_name(key: str, dotted: bool = True) -> Optional[str]:
-        if old:
-            if key == _STUDENT and not dotted:
-                return ""
-            return key[len(_STUDENT) + 1 :] if key.startswith(f"{_STUDENT}.") else None
-        return None if key.split(".")[0] == _TERMS else key
-
-    student, own = OrderedDict(), set()
-    for k, v in state.items():
-        name = student_name(k)
-        if name is None:
-            own.add(k.split(".")[0])
-        else:
-            student[name] = v
-    metadata = getattr(state, "_metadata", None)
-    if metadata is not None:  # module versions, by module path
-        student._metadata = OrderedDict(
-            (student_name(k, dotted=False), v)
-            for k, v in metadata.items()
-            if student_name(k, dotted=False) is not None
-        )
-    return student, sorted(own)
 
 
 def _check_teacher_pooling(cfg, teacher_cfg, teacher: nn.Module) -> None:

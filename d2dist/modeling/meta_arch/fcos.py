@@ -13,6 +13,8 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS as _FCOS
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 
+from ...errors import ConfigError
+
 __all__ = ["FCOS", "build_fcos_resnet_fpn_backbone"]
 
 
@@ -44,8 +46,6 @@ class FCOS(_FCOS):
         shapes = backbone.output_shape()
         missing = [name for name in f.IN_FEATURES if name not in shapes]
         if missing:
-            from ...errors import ConfigError
-
             raise ConfigError(
                 f"MODEL.FCOS.IN_FEATURES names {missing}, which the backbone does not produce; "
                 f"it has {sorted(shapes)}."

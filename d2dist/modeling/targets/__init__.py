@@ -9,7 +9,7 @@ student tensors have one row per image and branch (TridentNet) pairs them with
 :func:`pair_batch` / :func:`repeat_batch`, as the built-in kinds do.
 """
 
-from . import cross_head, features, ground_truth, logits  # noqa: F401  registers the kinds
+from . import cross_head, dense, features, ground_truth, pixel, roi  # noqa: F401  registers kinds
 from .base import (
     TARGET_KIND_REGISTRY,
     LogitPair,

@@ -77,7 +77,7 @@ registered later). A registered class is a :class:`TargetKind` subclass with a `
 built as ``cls(student, teacher, options, input_format=...)``: the student meta-architecture, the
 :class:`~d2dist.modeling.Teacher`, the union of the options every term asked for (a tuple), and
 the student's ``INPUT.FORMAT``. Construction validates everything it can (names, widths, class
-counts) and raises :class:`~d2dist.config.ConfigError` with the fix. See :class:`TargetKind` for
+counts) and raises :class:`~d2dist.errors.ConfigError` with the fix. See :class:`TargetKind` for
 the methods it implements.
 """
 
@@ -336,7 +336,7 @@ class TargetKind:
         options: the union of the options the terms asked for, in order.
         input_format: the student's ``INPUT.FORMAT``.
 
-    Subclasses validate in ``__init__`` (raising :class:`~d2dist.config.ConfigError`) and
+    Subclasses validate in ``__init__`` (raising :class:`~d2dist.errors.ConfigError`) and
     implement :meth:`pair`, and as needed :meth:`student_outputs`, :meth:`student_inputs`,
     :meth:`teacher_forward` and :meth:`leaf`.
     """

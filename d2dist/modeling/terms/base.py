@@ -1,20 +1,46 @@
-"""The distillation-term registry, the base term, its typed result, and helpers the terms share.
+"""The distillation-term registry, the base term, its options and typed result, and helpers the
+terms share.
 
 A term is named once: its registered name is its class name (``ReviewKD``, ``DIST``, ...; what
 ``MODEL.DISTILL.LOSSES`` lists), and its config namespace is that name in capitals
 (``MODEL.DISTILL.REVIEWKD``), as :attr:`DistillTerm.CONFIG_KEY` says.
+
+Adding a method is one file under ``d2dist/modeling/terms/`` (a :class:`DistillTerm` subclass with
+``@register_term``), its tests and its documentation; nothing else in d2dist changes. The contract:
+
+- ``config_namespace()`` (classmethod): the term's namespace, a fresh ``CfgNode`` of its keys
+  with their defaults, each explained by a comment; at least ``WEIGHT``. :func:`add_distill_config
+  <d2dist.config.add_distill_config>` adds the namespace of every term registered when it runs
+  (d2dist's get_cfg runs it when a config is built, so a term registered when the user's module
+  is imported has its namespace; a term registered after the config was built has none in it, and
+  naming it in ``LOSSES`` is a ConfigError that says so).
+- ``from_config(cfg, student, teacher)`` (classmethod, with ``@configurable`` on ``__init__``):
+  the keyword arguments of ``__init__`` from the term's :class:`TermOptions` (its namespace's
+  values, by key, and the shared settings ``acclimation`` and ``seed``) and the two models (widths
+  from their ``output_shape()``). The base class passes each namespace key, in lower case, as a
+  keyword argument (``WEIGHT`` -> ``weight``).
+- :meth:`DistillTerm.build` is the one constructor path d2dist uses, from yacs
+  (:func:`build_distill_terms`, ``MODEL.DISTILL.<KEY>``) and from LazyConfig
+  (:class:`~d2dist.modeling.TermSpec`, its options over the defaults of ``config_namespace()``):
+  ``cls(**cls.from_config(options, student, teacher))``. Values are checked where they are used
+  (``__init__`` or ``from_config``), with messages naming ``MODEL.DISTILL.<KEY>.<OPTION>``.
+- ``request()``, ``forward(targets)`` and ``skips_parameters()``: see
+  :data:`DISTILL_TERM_REGISTRY`.
 """
 
+import copy
 import logging
 import math
 from types import MappingProxyType
 from typing import Dict, Mapping, NamedTuple
 
 import torch
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
+from ...config import register_distill_namespaces
 from ...errors import ConfigError
 from ..adapters import build_adapter
 from ..targets import (
@@ -30,12 +56,14 @@ __all__ = [
     "MAX_TERM_WEIGHT",
     "AdaptedFeatureTerm",
     "DistillTerm",
+    "TermOptions",
     "TermOutput",
     "build_distill_terms",
     "check_levels",
     "check_relation_weights",
     "check_tau",
     "feature_adapters",
+    "feature_namespace",
     "register_term",
     "resolve_logit_target",
     "sum_levels",
@@ -52,8 +80,9 @@ MAX_TERM_WEIGHT = 1e6
 DISTILL_TERM_REGISTRY = Registry("DISTILL_TERM")
 DISTILL_TERM_REGISTRY.__doc__ = """
 Distillation terms, named in ``MODEL.DISTILL.LOSSES`` by their class name. A registered class is a
-:class:`DistillTerm`, built as ``cls(cfg, student, teacher)`` (``teacher``: the teacher model) from
-its namespace ``MODEL.DISTILL.<NAME in capitals>``, which holds at least ``WEIGHT``; its
+:class:`DistillTerm`, built by ``cls.build(student, teacher, options)`` (``teacher``: the teacher
+model; ``options``: a :class:`TermOptions`) from its namespace ``MODEL.DISTILL.<NAME in capitals>``,
+which its ``config_namespace()`` declares and which holds at least ``WEIGHT``; its
 ``request()`` names the target kinds it needs (a :class:`~d2dist.modeling.targets.TargetRequest`;
 ``forward`` is given those kinds only: reading another raises ``TargetNotRequested``),
 and ``forward(targets)`` returns a :class:`TermOutput`: an unweighted 0-dim float32 loss, named
@@ -89,6 +118,23 @@ class TermOutput(NamedTuple):
     extra: Mapping[str, Tensor] = MappingProxyType({})
 
 
+class TermOptions(CN):
+    """What a term is built from besides the student and the teacher, the same from a yacs config
+    and from a LazyConfig :class:`~d2dist.modeling.TermSpec`: the values of the term's namespace,
+    by key (``options.WEIGHT``: the defaults of its ``config_namespace()`` with what the config
+    gave), and as attributes the settings shared by the terms: ``key`` (the namespace's name, e.g.
+    "KD"), ``acclimation`` (the values of ``MODEL.DISTILL.ACCLIMATION``) and ``seed`` (the run's
+    ``SEED``; -1: none given). Frozen.
+    """
+
+    def __init__(self, values: CN, *, key: str, acclimation: CN, seed: int = -1):
+        super().__init__()
+        for name, value in values.items():  # as given (no yacs type check: the term checks)
+            self[name] = copy.deepcopy(value)
+        self.__dict__.update(key=key, acclimation=acclimation.clone(), seed=int(seed))
+        self.freeze()
+
+
 class DistillTerm(nn.Module):
     """Base of the distillation terms: a weight, a target request and a loss.
 
@@ -117,6 +163,29 @@ class DistillTerm(nn.Module):
                 "lie between 5e-7 (MGD) and 10 (PKD): check the exponent."
             )
         self.weight = float(weight)
+
+    @classmethod
+    def config_namespace(cls) -> CN:
+        """The term's namespace ``MODEL.DISTILL.<CONFIG_KEY>``: a fresh node of its keys with their
+        defaults (at least ``WEIGHT``). Subclasses declare theirs, each key explained by a
+        comment."""
+        c = CN()
+        c.WEIGHT = 1.0  # the term's weight in the total loss
+        return c
+
+    @classmethod
+    def from_config(cls, cfg: TermOptions, student: nn.Module, teacher: nn.Module) -> dict:
+        """The keyword arguments of ``__init__`` from the term's options (``cfg``, a
+        :class:`TermOptions`) and the two models; here each namespace key in lower case."""
+        return {key.lower(): value for key, value in cfg.items()}
+
+    @classmethod
+    def build(cls, student: nn.Module, teacher: nn.Module, options: TermOptions) -> "DistillTerm":
+        """The term for these two models (``teacher``: the teacher model) and ``options``: the one
+        constructor path of yacs configs and LazyConfig's ``TermSpec``."""
+        term = cls(**cls.from_config(options, student, teacher))
+        assert isinstance(term, DistillTerm), f"{cls.__name__} built a {type(term)}"
+        return term
 
     @property
     def name(self) -> str:
@@ -172,6 +241,19 @@ def check_levels(names, key: str) -> None:
         )
 
 
+def feature_namespace(weight: float, in_features) -> CN:
+    """A namespace of a term on feature levels: ``WEIGHT``, ``IN_FEATURES`` and the adapters'
+    ``ADAPTER`` and ``ADAPTER_NORM`` (terms add their own keys)."""
+    c = CN()
+    c.WEIGHT = weight
+    c.IN_FEATURES = list(in_features)  # the levels, by the backbone's feature names
+    # "auto" (identity when channels match, else 1x1 conv), "IdentityAdapter", "Conv1x1Adapter",
+    # "TorchInitConv1x1Adapter" (PyTorch's default init, as mmrazor's align modules)
+    c.ADAPTER = "auto"
+    c.ADAPTER_NORM = ""  # "", "BN", "GN", "SyncBN", ... (Detectron2's get_norm)
+    return c
+
+
 def feature_adapters(cfg_node, key: str, student, teacher) -> nn.ModuleDict:
     """Per level of ``cfg_node.IN_FEATURES``, the adapter ``cfg_node.ADAPTER`` (with
     ``ADAPTER_NORM``) from the student's width to the teacher's."""
@@ -208,8 +290,8 @@ def resolve_logit_target(value: str, key: str, student: nn.Module) -> str:
 class AdaptedFeatureTerm(DistillTerm):
     """A loss per feature level between the adapted student and the teacher, summed over levels.
 
-    Subclasses' namespaces hold ``WEIGHT``, ``IN_FEATURES``, ``ADAPTER``, ``ADAPTER_NORM``;
-    they implement :meth:`level_loss`.
+    Subclasses' namespaces hold ``WEIGHT``, ``IN_FEATURES``, ``ADAPTER``, ``ADAPTER_NORM``
+    (:func:`feature_namespace`); they implement :meth:`level_loss`.
     """
 
     @configurable
@@ -224,10 +306,9 @@ class AdaptedFeatureTerm(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL[cls.CONFIG_KEY]
         return {
-            "weight": c.WEIGHT,
-            "adapters": feature_adapters(c, cls.CONFIG_KEY, student, teacher),
+            "weight": cfg.WEIGHT,
+            "adapters": feature_adapters(cfg, cls.CONFIG_KEY, student, teacher),
         }
 
     def request(self) -> TargetRequest:
@@ -246,7 +327,8 @@ class AdaptedFeatureTerm(DistillTerm):
 
 def build_distill_terms(cfg, student: nn.Module, teacher: nn.Module) -> nn.ModuleList:
     """The terms named in ``cfg.MODEL.DISTILL.LOSSES``, built from their namespaces."""
-    names = list(cfg.MODEL.DISTILL.LOSSES)
+    d = cfg.MODEL.DISTILL
+    names = list(d.LOSSES)
     registered = sorted(n for n, _ in DISTILL_TERM_REGISTRY)
     if len(set(names)) != len(names):
         raise ConfigError(f"MODEL.DISTILL.LOSSES={names} names a term twice")
@@ -257,7 +339,33 @@ def build_distill_terms(cfg, student: nn.Module, teacher: nn.Module) -> nn.Modul
                 f"MODEL.DISTILL.LOSSES names {name!r}, which is not a registered distillation "
                 f"term; registered: {registered}"
             )
-        term = DISTILL_TERM_REGISTRY.get(name)(cfg, student, teacher)
-        assert isinstance(term, DistillTerm), f"{name} built a {type(term)}, not a DistillTerm"
-        terms.append(term)
+        cls = DISTILL_TERM_REGISTRY.get(name)
+        if cls.CONFIG_KEY not in d:
+            raise ConfigError(
+                f"MODEL.DISTILL.LOSSES names {name!r}, but this config has no namespace "
+                f"MODEL.DISTILL.{cls.CONFIG_KEY}: the term was registered after the config was "
+                "built (add_distill_config adds the namespaces of the terms registered then). "
+                "Import the module that registers it before building the config (d2dist's "
+                "tools: name a function of that module with --config-function)."
+            )
+        options = TermOptions(
+            d[cls.CONFIG_KEY], key=cls.CONFIG_KEY, acclimation=d.ACCLIMATION, seed=cfg.SEED
+        )
+        terms.append(cls.build(student, teacher, options))
     return terms
+
+
+def _term_namespaces() -> Dict[str, CN]:
+    """The namespace of every registered term, for :func:`~d2dist.config.add_distill_config`."""
+    namespaces = {}
+    for name, cls in DISTILL_TERM_REGISTRY:
+        if not (isinstance(cls, type) and issubclass(cls, DistillTerm)):
+            raise TypeError(
+                f"DISTILL_TERM_REGISTRY holds {name!r}, a {type(cls).__name__}; a registered "
+                "term must be a DistillTerm subclass"
+            )
+        namespaces[cls.CONFIG_KEY] = cls.config_namespace()
+    return namespaces
+
+
+register_distill_namespaces(_term_namespaces)

@@ -5,6 +5,7 @@ from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.meta_arch.fcos import FCOS
@@ -68,6 +69,19 @@ class CrossKD(DistillTerm):
     untuned extra outside the paper's tables). Config: ``MODEL.DISTILL.CROSSKD``.
     """
 
+    @classmethod
+    def config_namespace(cls):
+        # The student's head features after its DEPTH-th conv (0: the FPN level) run through the
+        # teacher's remaining head. Defaults: the authors' RetinaNet settings; FCOS: DEPTH 2,
+        # CLS_WEIGHT 0.4, REG_WEIGHT 0.75.
+        c = CN()
+        c.WEIGHT = 1.0
+        c.DEPTH = 3
+        c.CLS_WEIGHT = 1.0
+        c.REG_WEIGHT = 1.0
+        c.BETA = 1.0  # the exponent of the quality-focal KD
+        return c
+
     @configurable
     def __init__(
         self,
@@ -109,15 +123,14 @@ class CrossKD(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.CROSSKD
         _check_same_anchors(student, teacher)
         return {
-            "weight": c.WEIGHT,
+            "weight": cfg.WEIGHT,
             "student": student,
-            "depth": c.DEPTH,
-            "cls_weight": c.CLS_WEIGHT,
-            "reg_weight": c.REG_WEIGHT,
-            "beta": c.BETA,
+            "depth": cfg.DEPTH,
+            "cls_weight": cfg.CLS_WEIGHT,
+            "reg_weight": cfg.REG_WEIGHT,
+            "beta": cfg.BETA,
         }
 
     def request(self) -> TargetRequest:

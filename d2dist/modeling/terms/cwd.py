@@ -6,7 +6,15 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..targets import TargetRequest, Targets
-from .base import DistillTerm, TermOutput, check_tau, feature_adapters, register_term, sum_levels
+from .base import (
+    DistillTerm,
+    TermOutput,
+    check_tau,
+    feature_adapters,
+    feature_namespace,
+    register_term,
+    sum_levels,
+)
 from .common import check_pair, float32_loss
 
 __all__ = ["CWD", "cwd_loss"]
@@ -44,6 +52,15 @@ class CWD(DistillTerm):
     (``TARGET: pixel``). Config: ``MODEL.DISTILL.CWD``.
     """
 
+    @classmethod
+    def config_namespace(cls):
+        # TARGET "features" (IN_FEATURES; reference tau 1, weight 5-10) or "pixel" (segmentation
+        # logits; reference tau 4, weight 3).
+        c = feature_namespace(5.0, ["p2", "p3", "p4", "p5", "p6"])
+        c.TAU = 1.0
+        c.TARGET = "features"
+        return c
+
     @configurable
     def __init__(self, *, weight: float, tau: float, target: str, adapters: nn.ModuleDict):
         """
@@ -57,17 +74,16 @@ class CWD(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.CWD
-        if c.TARGET not in ("features", "pixel"):
+        if cfg.TARGET not in ("features", "pixel"):
             raise ConfigError(
-                f"MODEL.DISTILL.CWD.TARGET={c.TARGET!r}; expected 'features' or 'pixel'"
+                f"MODEL.DISTILL.CWD.TARGET={cfg.TARGET!r}; expected 'features' or 'pixel'"
             )
         adapters = (
-            feature_adapters(c, "CWD", student, teacher)
-            if c.TARGET == "features"
+            feature_adapters(cfg, "CWD", student, teacher)
+            if cfg.TARGET == "features"
             else nn.ModuleDict()
         )
-        return {"weight": c.WEIGHT, "tau": c.TAU, "target": c.TARGET, "adapters": adapters}
+        return {"weight": cfg.WEIGHT, "tau": cfg.TAU, "target": cfg.TARGET, "adapters": adapters}
 
     def request(self) -> TargetRequest:
         if self.target == "pixel":

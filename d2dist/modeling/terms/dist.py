@@ -4,18 +4,19 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..acclimation import (
+from ..targets import TargetRequest, Targets, teacher_classifiers
+from .acclimation import (
     AcclimatedTerm,
     AcclimationSchedule,
     HeadAcclimation,
     TemperatureAcclimation,
     acclimation_from_config,
 )
-from ..targets import TargetRequest, Targets, teacher_classifiers
 from .base import (
     TermOutput,
     check_relation_weights,
@@ -108,10 +109,26 @@ class DIST(AcclimatedTerm):
 
     With ``MODEL.DISTILL.ACCLIMATION`` the teacher's logits are acclimated first (DIST+
     reconstructions: a learnable temperature, ``MODE: output``, or the teacher's classification
-    layer made trainable, ``MODE: head``; :mod:`d2dist.modeling.acclimation`).
+    layer made trainable, ``MODE: head``; :mod:`d2dist.modeling.terms.acclimation`).
     Correlations are computed per GPU (per-GPU batch), never gathered across GPUs.
     Config: ``MODEL.DISTILL.DIST``.
     """
+
+    @classmethod
+    def config_namespace(cls):
+        c = CN()
+        c.WEIGHT = 1.0
+        c.BETA = 1.0  # inter-class term
+        c.GAMMA = 1.0  # intra-class term
+        c.TAU = 1.0  # softmax temperature (RoI and pixel logits; dense heads use sigmoid)
+        c.TARGET = "auto"  # "auto", "roi", "dense" or "pixel"
+        # Dense heads: "location" (the authors' reference: all A*K channels of a location form one
+        # row) or "anchor" (rows of K classes per anchor: a different method, opt-in).
+        c.DENSE_MODE = "location"
+        # Pixel logits: drop pixels whose ground truth (at the head's resolution) is the ignore
+        # label. The authors keep them (False).
+        c.MASK_IGNORE = False
+        return c
 
     @configurable
     def __init__(
@@ -166,19 +183,18 @@ class DIST(AcclimatedTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.DIST
-        target = resolve_logit_target(c.TARGET, "DIST", student)
+        target = resolve_logit_target(cfg.TARGET, "DIST", student)
         return {
-            "weight": c.WEIGHT,
-            "beta": c.BETA,
-            "gamma": c.GAMMA,
-            "tau": c.TAU,
+            "weight": cfg.WEIGHT,
+            "beta": cfg.BETA,
+            "gamma": cfg.GAMMA,
+            "tau": cfg.TAU,
             "target": target,
-            "dense_mode": c.DENSE_MODE,
+            "dense_mode": cfg.DENSE_MODE,
             "num_classes": getattr(student, "num_classes", 0),
-            "mask_ignore": c.MASK_IGNORE,
+            "mask_ignore": cfg.MASK_IGNORE,
             **acclimation_from_config(
-                cfg,
+                cfg.acclimation,
                 {
                     "output": TemperatureAcclimation,
                     "head": lambda: HeadAcclimation(teacher_classifiers(teacher, target)),

@@ -7,18 +7,19 @@ from detectron2.config import configurable
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..acclimation import (
+from ..targets import TargetRequest, Targets
+from .acclimation import (
     AcclimatedTerm,
     AcclimationSchedule,
     FeatureAcclimation,
     acclimation_from_config,
 )
-from ..targets import TargetRequest, Targets
 from .base import (
     TermOutput,
     check_relation_weights,
     check_tau,
     feature_adapters,
+    feature_namespace,
     register_term,
     sum_levels,
 )
@@ -66,10 +67,21 @@ class DIST_FEATURE(AcclimatedTerm):  # noqa: N801  (the class name is the term's
 
     Per level, the adapted student feature and the teacher's become (N*H*W, C) rows; the
     inter term correlates each position's channels, the intra term each channel over all
-    positions (see :func:`d2dist.losses.dist_feature_loss`); levels are summed. With
+    positions (see :func:`dist_feature_loss`); levels are summed. With
     ``MODEL.DISTILL.ACCLIMATION`` (``MODE: output``) the teacher's features pass through
     per-channel affine acclimation maps first. Config: ``MODEL.DISTILL.DIST_FEATURE``.
     """
+
+    @classmethod
+    def config_namespace(cls):
+        # d2dist's documented reconstruction (the paper is not openly available; see README): rows
+        # are positions, columns channels; adapters map student to teacher widths.
+        c = feature_namespace(1.0, ["p2", "p3", "p4", "p5", "p6"])
+        c.BETA = 1.0
+        c.GAMMA = 1.0
+        c.TAU = 1.0
+        c.NORMALIZE = "none"  # "none" or "softmax" (over channels, with TAU)
+        return c
 
     @configurable
     def __init__(
@@ -111,18 +123,17 @@ class DIST_FEATURE(AcclimatedTerm):  # noqa: N801  (the class name is the term's
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.DIST_FEATURE
-        adapters = feature_adapters(c, "DIST_FEATURE", student, teacher)
+        adapters = feature_adapters(cfg, "DIST_FEATURE", student, teacher)
         t_shapes = teacher.backbone.output_shape()
         return {
-            "weight": c.WEIGHT,
+            "weight": cfg.WEIGHT,
             "adapters": adapters,
-            "beta": c.BETA,
-            "gamma": c.GAMMA,
-            "tau": c.TAU,
-            "normalize": c.NORMALIZE,
+            "beta": cfg.BETA,
+            "gamma": cfg.GAMMA,
+            "tau": cfg.TAU,
+            "normalize": cfg.NORMALIZE,
             **acclimation_from_config(
-                cfg,
+                cfg.acclimation,
                 {
                     "output": lambda: nn.ModuleDict(
                         {n: FeatureAcclimation(t_shapes[n].channels) for n in adapters}

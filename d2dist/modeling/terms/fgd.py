@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ..adapters import DISTILL_MODULE_REGISTRY, build_distill_module
 from ..targets import TargetRequest, Targets
-from .base import DistillTerm, TermOutput, feature_adapters, register_term, sum_levels
+from .base import DistillTerm, TermOutput, feature_adapters, feature_namespace, register_term
 from .common import check_pair, float32_loss
 
 __all__ = ["FGD", "FGDContext", "MASK_MODES", "fgd_loss", "fgd_masks"]
@@ -172,6 +172,22 @@ class FGD(DistillTerm):
     8e-4, 8e-4, 8e-6). Config: ``MODEL.DISTILL.FGD``.
     """
 
+    @classmethod
+    def config_namespace(cls):
+        # Defaults: the authors' Faster R-CNN settings; RetinaNet: TAU 0.5, ALPHA 1e-3, BETA 5e-4,
+        # GAMMA 5e-4, LAMBDA 5e-6 on p3-p7; FCOS: 0.8, 1.6e-3, 8e-4, 8e-4, 8e-6.
+        c = feature_namespace(1.0, ["p2", "p3", "p4", "p5"])
+        c.TAU = 0.5
+        c.ALPHA = 5e-5  # foreground
+        c.BETA = 2.5e-5  # background
+        c.GAMMA = 5e-5  # attention
+        c.LAMBDA = 5e-7  # global relation
+        # How boxes are mapped onto a level: "stride" (x / stride, the padded grid) or "image"
+        # (as the authors' code: x / unpadded image width * map width, which stretches padded
+        # images).
+        c.MASK_MODE = "stride"
+        return c
+
     @configurable
     def __init__(
         self,
@@ -212,14 +228,13 @@ class FGD(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.FGD
         if not hasattr(student, "roi_heads") and not hasattr(student, "head"):
             raise ConfigError(
                 f"MODEL.DISTILL.LOSSES names FGD, which distils detectors (it weights features by "
                 f"the ground-truth boxes); the student is a {type(student).__name__}. Use MGD, "
                 "CWD or DIST_FEATURE for segmentation students."
             )
-        adapters = feature_adapters(c, "FGD", student, teacher)
+        adapters = feature_adapters(cfg, "FGD", student, teacher)
         t_shapes = teacher.backbone.output_shape()
 
         def contexts():
@@ -229,16 +244,16 @@ class FGD(DistillTerm):
             )
 
         return {
-            "weight": c.WEIGHT,
+            "weight": cfg.WEIGHT,
             "adapters": adapters,
             "contexts_s": contexts(),
             "contexts_t": contexts(),
-            "tau": c.TAU,
-            "alpha": c.ALPHA,
-            "beta": c.BETA,
-            "gamma": c.GAMMA,
-            "lam": c.LAMBDA,
-            "mask_mode": c.MASK_MODE,
+            "tau": cfg.TAU,
+            "alpha": cfg.ALPHA,
+            "beta": cfg.BETA,
+            "gamma": cfg.GAMMA,
+            "lam": cfg.LAMBDA,
+            "mask_mode": cfg.MASK_MODE,
         }
 
     def request(self) -> TargetRequest:

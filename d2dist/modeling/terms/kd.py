@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from torch import Tensor
 
@@ -62,6 +63,16 @@ class KD(DistillTerm):
     levels). Config: ``MODEL.DISTILL.KD`` (``WEIGHT``, ``TAU``, ``TARGET``).
     """
 
+    @classmethod
+    def config_namespace(cls):
+        c = CN()
+        c.WEIGHT = 1.0
+        c.TAU = 1.0
+        # "auto" (roi for R-CNN, dense for RetinaNet / FCOS, pixel for semantic segmentation),
+        # "roi", "dense" or "pixel"
+        c.TARGET = "auto"
+        return c
+
     @configurable
     def __init__(self, *, weight: float, tau: float, target: str):
         """
@@ -76,11 +87,10 @@ class KD(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.KD
         return {
-            "weight": c.WEIGHT,
-            "tau": c.TAU,
-            "target": resolve_logit_target(c.TARGET, "KD", student),
+            "weight": cfg.WEIGHT,
+            "tau": cfg.TAU,
+            "target": resolve_logit_target(cfg.TARGET, "KD", student),
         }
 
     def request(self) -> TargetRequest:

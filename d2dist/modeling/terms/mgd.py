@@ -11,7 +11,14 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ..adapters import DISTILL_MODULE_REGISTRY, build_distill_module
 from ..targets import TargetRequest, Targets
-from .base import DistillTerm, TermOutput, feature_adapters, register_term, sum_levels
+from .base import (
+    DistillTerm,
+    TermOutput,
+    feature_adapters,
+    feature_namespace,
+    register_term,
+    sum_levels,
+)
 from .common import check_pair, float32_loss
 
 __all__ = ["MGD", "MGDGenerator", "mgd_loss"]
@@ -79,6 +86,16 @@ class MGD(DistillTerm):
     ones. Config: ``MODEL.DISTILL.MGD``.
     """
 
+    @classmethod
+    def config_namespace(cls):
+        # WEIGHT is the paper's alpha (the loss is a sum over channels and positions): the
+        # authors' COCO configs use 5e-7, LAMBDA 0.45 on p2-p5 for two-stage detectors (the
+        # defaults here) and 2e-5, 0.65 on p3-p7 for one-stage ones. ADAPTER "auto": a 1x1 conv
+        # (with bias) when the widths differ, as the authors'.
+        c = feature_namespace(5e-7, ["p2", "p3", "p4", "p5"])
+        c.LAMBDA = 0.45  # the fraction of masked positions
+        return c
+
     @configurable
     def __init__(
         self,
@@ -113,8 +130,7 @@ class MGD(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.MGD
-        adapters = feature_adapters(c, "MGD", student, teacher)
+        adapters = feature_adapters(cfg, "MGD", student, teacher)
         t_shapes = teacher.backbone.output_shape()
         generators = nn.ModuleDict(
             {
@@ -123,11 +139,11 @@ class MGD(DistillTerm):
             }
         )
         return {
-            "weight": c.WEIGHT,
+            "weight": cfg.WEIGHT,
             "adapters": adapters,
             "generators": generators,
-            "lam": c.LAMBDA,
-            "seed": cfg.SEED if cfg.SEED >= 0 else 0,
+            "lam": cfg.LAMBDA,
+            "seed": cfg.seed if cfg.seed >= 0 else 0,
         }
 
     def request(self) -> TargetRequest:

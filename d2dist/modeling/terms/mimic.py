@@ -3,7 +3,7 @@
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AdaptedFeatureTerm, register_term
+from .base import AdaptedFeatureTerm, feature_namespace, register_term
 from .common import check_pair, float32_loss
 
 __all__ = ["MIMIC", "mimic_loss"]
@@ -26,6 +26,10 @@ def mimic_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
 class MIMIC(AdaptedFeatureTerm):
     """Feature mimicking (e.g. Romero et al., FitNets, ICLR 2015): MSE between adapted student
     and teacher features, summed over ``IN_FEATURES``. Config: ``MODEL.DISTILL.MIMIC``."""
+
+    @classmethod
+    def config_namespace(cls):
+        return feature_namespace(1.0, ["p2", "p3", "p4", "p5", "p6"])
 
     def level_loss(self, student, teacher):
         return mimic_loss(student, teacher)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AdaptedFeatureTerm, register_term
+from .base import AdaptedFeatureTerm, feature_namespace, register_term
 from .common import check_pair, float32_loss
 
 __all__ = ["PKD", "pkd_loss"]
@@ -48,6 +48,14 @@ class PKD(AdaptedFeatureTerm):
     summed over levels. The paper pairs FPNs of equal width; for other widths ``ADAPTER: auto``
     maps the student with a 1x1 conv first (d2dist's addition). Config: ``MODEL.DISTILL.PKD``.
     """
+
+    @classmethod
+    def config_namespace(cls):
+        # Reference weights: 6 for Faster R-CNN on p2-p5, 10 for RetinaNet / FCOS on p3-p6. The
+        # paper compares FPNs of equal width (ADAPTER "auto" is then the identity); for other
+        # widths "auto" maps the student with a 1x1 conv first (d2dist's addition, not in the
+        # paper).
+        return feature_namespace(6.0, ["p2", "p3", "p4", "p5"])
 
     def level_loss(self, student, teacher):
         return pkd_loss(student, teacher)

@@ -1,6 +1,7 @@
 """ReviewKD: Chen et al., "Distilling Knowledge via Knowledge Review", CVPR 2021."""
 
 import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from torch import Tensor, nn
 
@@ -56,6 +57,16 @@ class ReviewKD(DistillTerm):
     Config: ``MODEL.DISTILL.REVIEWKD``.
     """
 
+    @classmethod
+    def config_namespace(cls):
+        # Reference weights (COCO Faster R-CNN): R101->R18 1.2, R101->R50 1.0.
+        c = CN()
+        c.WEIGHT = 1.0
+        c.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        c.MID_CHANNELS = 256  # the width of the ABF blocks
+        c.NORM = "BN"  # after the ABF convolutions, as in the authors' code
+        return c
+
     @configurable
     def __init__(self, *, weight: float, adapter: nn.Module):
         """
@@ -68,28 +79,27 @@ class ReviewKD(DistillTerm):
 
     @classmethod
     def from_config(cls, cfg, student, teacher):
-        c = cfg.MODEL.DISTILL.REVIEWKD
-        if not c.IN_FEATURES:
+        if not cfg.IN_FEATURES:
             raise ConfigError("MODEL.DISTILL.REVIEWKD.IN_FEATURES is empty; name the levels")
-        check_levels(c.IN_FEATURES, "REVIEWKD")
-        width = c.MID_CHANNELS
+        check_levels(cfg.IN_FEATURES, "REVIEWKD")
+        width = cfg.MID_CHANNELS
         if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
             raise ConfigError(
                 f"MODEL.DISTILL.REVIEWKD.MID_CHANNELS={width!r}: the ABF width must be an int >= 1 "
                 "(a number of channels, e.g. 256)."
             )
         s_shapes, t_shapes = check_feature_names(
-            c.IN_FEATURES, student, teacher, "MODEL.DISTILL.REVIEWKD.IN_FEATURES"
+            cfg.IN_FEATURES, student, teacher, "MODEL.DISTILL.REVIEWKD.IN_FEATURES"
         )
         adapter = build_distill_module(
             "ReviewKDAdapter",
             student_shapes=s_shapes,
             teacher_shapes=t_shapes,
-            in_features=list(c.IN_FEATURES),
-            mid_channels=c.MID_CHANNELS,
-            norm=c.NORM,
+            in_features=list(cfg.IN_FEATURES),
+            mid_channels=cfg.MID_CHANNELS,
+            norm=cfg.NORM,
         )
-        return {"weight": c.WEIGHT, "adapter": adapter}
+        return {"weight": cfg.WEIGHT, "adapter": adapter}
 
     def request(self) -> TargetRequest:
         return TargetRequest(features=tuple(self.adapter.order))

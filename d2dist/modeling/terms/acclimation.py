@@ -1,5 +1,6 @@
-"""Teacher acclimation for DIST+: d2dist's documented *reconstructions*, and the term base that
-applies them (:class:`AcclimatedTerm`).
+"""Teacher acclimation for DIST+: d2dist's documented *reconstructions*, the term base that
+applies them (:class:`AcclimatedTerm`), and their config namespace ``MODEL.DISTILL.ACCLIMATION``
+(:func:`acclimation_namespace`), shared by the terms that use them.
 
 DIST+ (Huang et al., IEEE TPAMI 47(7), 2025) adds a "teacher acclimation" strategy that reduces
 the discrepancy between teacher and student. The paper is not openly available and the authors
@@ -32,11 +33,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from .terms.base import DistillTerm
+from ...config import register_distill_namespaces
+from ...errors import ConfigError
+from .base import DistillTerm
+from .kd import binary_kd_loss, kd_loss
 
 __all__ = [
     "ACCLIMATION_MODES",
@@ -46,9 +50,37 @@ __all__ = [
     "HeadAcclimation",
     "TemperatureAcclimation",
     "acclimation_from_config",
+    "acclimation_namespace",
 ]
 
 ACCLIMATION_MODES = ("output", "head")
+
+
+def acclimation_namespace() -> CN:
+    """``MODEL.DISTILL.ACCLIMATION``, shared by the terms that acclimate (DIST, DIST_FEATURE):
+    a fresh node of its keys with their defaults."""
+    # DIST+ teacher acclimation (reconstruction): identity-initialised trainable maps of the
+    # teacher's outputs for the DIST and DIST_FEATURE terms (a temperature for logits, a
+    # per-channel affine map for features), trained on the distillation loss and anchored to the
+    # unmodified teacher by LAMBDA * |theta - identity|^2; trained from START_ITER, frozen from
+    # STOP_ITER (-1: never).
+    a = CN()
+    a.ENABLED = False
+    # "output": the maps above (DIST: a temperature; DIST_FEATURE: per-channel affine);
+    # "head": the teacher's classification layer made trainable (a copy initialised from the
+    # teacher), anchored by LAMBDA * KL(teacher || acclimated) (DIST only). Both reconstructions.
+    a.MODE = "output"
+    a.LAMBDA = 1.0
+    a.START_ITER = 0
+    a.STOP_ITER = -1
+    return a
+
+
+def _namespaces():
+    return {"ACCLIMATION": acclimation_namespace()}
+
+
+register_distill_namespaces(_namespaces)
 
 
 class FeatureAcclimation(nn.Module):
@@ -153,12 +185,11 @@ class AcclimationSchedule:
         return "train"
 
 
-def acclimation_from_config(cfg, modes: Dict[str, Callable[[], nn.Module]]) -> dict:
-    """The acclimation arguments of a term from ``MODEL.DISTILL.ACCLIMATION``: ``acclimation``
-    (built by ``modes[MODE]``; None when off), ``acclimation_schedule``, ``acclimation_lambda``
-    and ``acclimation_mode``. A term that has no acclimation of the configured mode gets none
-    (``modes`` lacks it)."""
-    a = cfg.MODEL.DISTILL.ACCLIMATION
+def acclimation_from_config(a: CN, modes: Dict[str, Callable[[], nn.Module]]) -> dict:
+    """The acclimation arguments of a term from ``a``, the values of ``MODEL.DISTILL.ACCLIMATION``
+    (a term's ``options.acclimation``): ``acclimation`` (built by ``modes[MODE]``; None when off),
+    ``acclimation_schedule``, ``acclimation_lambda`` and ``acclimation_mode``. A term that has no
+    acclimation of the configured mode gets none (``modes`` lacks it)."""
     off = {
         "acclimation": None,
         "acclimation_schedule": None,
@@ -240,8 +271,6 @@ class AcclimatedTerm(DistillTerm):
         if phase != "train":
             return {}
         if self.acclimation_mode == "head":
-            from .terms.kd import binary_kd_loss, kd_loss
-
             value = torch.stack(
                 [(binary_kd_loss if binary else kd_loss)(acclimated, teacher)
                  for acclimated, teacher, binary in kl_pairs]  # fmt: skip
