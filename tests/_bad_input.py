@@ -18,8 +18,8 @@ from _tools import load_tool
 from detectron2.data import DatasetCatalog
 from detectron2.utils.events import EventStorage
 
-from d2dist.config import ConfigError
 from d2dist.engine import argument_parser
+from d2dist.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "Shapes-Detection")

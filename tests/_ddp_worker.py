@@ -2,7 +2,7 @@
 
     python tests/_ddp_worker.py --dump DIR --num-gpus 2 --config-file CFG MODEL.DEVICE cpu ...
 
-Each rank trains exactly as ``tools/train_net.py`` does (``setup``, ``trainer_class``, Detectron2's
+Each rank trains exactly as ``tools/train_net.py`` does (``setup``, ``Trainer``, Detectron2's
 ``launch``), then writes ``DIR/rank<r>.pth``: its trainable parameters after training, the images
 it trained on, what DistributedDataParallel wraps and whether the teacher is inside it.
 """
@@ -13,12 +13,12 @@ import sys
 import torch
 from detectron2.utils import comm
 
-from d2dist.engine import argument_parser, launch_cli, setup, trainer_class
+from d2dist.engine import Trainer, argument_parser, launch_cli, setup
 
 
 def main(args):
     cfg = setup(args)
-    trainer = trainer_class(cfg)(cfg)
+    trainer = Trainer(cfg)
     ddp = trainer._trainer.model
     distiller = ddp.module
     seen = []

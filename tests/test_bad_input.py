@@ -33,8 +33,9 @@ from _tools import load_tool
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from d2dist.config import ConfigError, get_cfg
+from d2dist.config import get_cfg
 from d2dist.engine import argument_parser, launch_cli
+from d2dist.errors import ConfigError
 
 
 def _yaml_with_wrong_type(ctx):
@@ -342,8 +343,9 @@ CASES = [
      r"SOLVER.IMS_PER_BATCH=3 images per step cannot be split evenly between 2 processes"),
     ("a RetinaNet config that left STUDENT_META_ARCHITECTURE at its default",
      lambda c, _: _retinanet_default_student(c),
-     r"STUDENT_META_ARCHITECTURE='GeneralizedRCNN' cannot be built from this config "
-     r"\(KeyError.*'RetinaNet' for a RetinaNet"),
+     r"STUDENT_META_ARCHITECTURE='GeneralizedRCNN' \(its default\) cannot be built from this "
+     r"config: .*Base-RetinaNet.yaml describes a RetinaNet.*Set MODEL.DISTILL."
+     r"STUDENT_META_ARCHITECTURE 'RetinaNet'"),
     # ---- nonsense that used to be accepted silently
     ("a negative STUDENT_LOSS_WEIGHT", lambda c, _: c.cli("MODEL.DISTILL.STUDENT_LOSS_WEIGHT", "-1.0"),
      r"STUDENT_LOSS_WEIGHT=-1.0: must be a finite number >= 0 \(a negative weight would make"),

@@ -14,8 +14,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from d2dist import file_io
-from d2dist.config import ConfigError, get_cfg
+from d2dist.config import get_cfg
 from d2dist.engine import argument_parser
+from d2dist.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")

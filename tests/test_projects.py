@@ -12,8 +12,9 @@ from _tools import load_tool
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from d2dist.config import ConfigError, get_cfg
+from d2dist.config import get_cfg
 from d2dist.engine import argument_parser
+from d2dist.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # training runs of Detectron2 projects' models
 

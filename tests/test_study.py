@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from d2dist.config import ConfigError
+from d2dist.errors import ConfigError
 from d2dist.study import (
     DEMO_METHODS,
     DEMO_TASKS,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from _tools import load_tool
 
-from d2dist.config import ConfigError
 from d2dist.engine import argument_parser, setup
+from d2dist.errors import ConfigError
 
 pytestmark = (
     pytest.mark.slow

@@ -29,13 +29,13 @@ __all__ = [
     "ALLOWED_CHANGES",
     "check_resume",
     "saved_record",
-    "allow_config_change",
-    "changes_allowed",
+    "config_change_allowed",
     "config_changes",
     "config_files",
     "file_sha256",
     "flatten",
     "run_record",
+    "yaml_tree",
 ]
 
 # Keys that may differ between a run and its resumption: they do not change what is trained.
@@ -65,19 +65,17 @@ ALLOWED_CHANGES = (
     "model.teacher.weights",
 )
 ENV = "D2DIST_ALLOW_CONFIG_CHANGE"
-_ALLOW = {"value": False}
 
 logger = logging.getLogger(__name__)
 
 
-def allow_config_change(allow: bool) -> None:
-    """Let ``--resume`` continue a run whose config changed (``--allow-config-change``)."""
-    _ALLOW["value"] = bool(allow)
-
-
-def changes_allowed() -> bool:
-    """Whether this run may resume a checkpoint of another config (then loaded leniently)."""
-    return _ALLOW["value"] or os.environ.get(ENV, "") == "1"
+def config_change_allowed(given: Optional[bool] = None) -> bool:
+    """Whether a run may resume a checkpoint of another config (then loaded leniently): ``given``
+    (``--allow-config-change`` of d2dist's tools), or, when None (a project's own script, which
+    has no such flag), whether the environment sets ``D2DIST_ALLOW_CONFIG_CHANGE=1``."""
+    if given is not None:
+        return bool(given)
+    return os.environ.get(ENV, "") == "1"
 
 
 def file_sha256(path: str) -> str:
@@ -162,13 +160,20 @@ class _BaseLoader(yaml.SafeLoader):
 _BaseLoader.add_multi_constructor("", lambda loader, tag, node: None)
 
 
-def _bases(path: str) -> List[str]:
+def yaml_tree(path: str) -> dict:
+    """The mapping a YAML config file holds, read without constructing Python objects; ``{}`` for
+    a file that cannot be read or holds no mapping (merging it reports that)."""
     try:
         with open(path) as f:
             tree = yaml.load(f, Loader=_BaseLoader)
     except (OSError, yaml.YAMLError):
-        return []
-    bases = tree.get("_BASE_") if isinstance(tree, dict) else None
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def _bases(path: str) -> List[str]:
+    tree = yaml_tree(path)
+    bases = tree.get("_BASE_")
     bases = [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []
     out = []
     for base in (b for b in bases if isinstance(b, str)):
@@ -197,8 +202,10 @@ def _lazy_imports(path: str) -> List[str]:
 
 
 def run_record(cfg, teacher=None) -> dict:
-    """The record of a run: its config (flattened) and its teacher's files' fingerprints
-    (``config_files``: ``[path, sha256]`` of each file of :func:`config_files`)."""
+    """The record of a run: its config (flattened) and, for a loaded
+    :class:`~d2dist.modeling.Teacher`, the fingerprints of its files, computed here: its weights
+    (the file it loaded) and each file of :func:`config_files` (``config_files``: ``[path,
+    sha256]`` pairs)."""
     record = {"config": flatten(_config_tree(cfg)), "teacher": None}
     if teacher is not None:
         config_file = getattr(teacher, "config_path", "")
@@ -206,7 +213,7 @@ def run_record(cfg, teacher=None) -> dict:
         record["teacher"] = {
             "source": teacher.source,
             "weights": teacher.weights,
-            "weights_sha256": teacher.weights_sha256,
+            "weights_sha256": file_sha256(teacher.weights_file),
             "config_sha256": files[0][1] if files else "",
             "config_files": files,
         }
@@ -270,7 +277,9 @@ def _short(sha) -> str:
     return sha[:12] if sha else "(none)"
 
 
-def check_resume(saved: Optional[dict], current: dict, checkpoint: str) -> None:
+def check_resume(
+    saved: Optional[dict], current: dict, checkpoint: str, allowed: bool = False
+) -> None:
     """Refuse to resume from ``checkpoint`` when its run record differs from the current run's,
     listing the differences (unless changes are allowed). A checkpoint without a record is
     resumed with a warning; a garbled record is a :class:`ConfigError` (a warning when changes
@@ -293,7 +302,7 @@ def check_resume(saved: Optional[dict], current: dict, checkpoint: str) -> None:
             f"the run record of {checkpoint!r} (its 'd2dist' entry) is garbled ({problem}), so "
             "d2dist cannot check that this run continues with the config it was trained with."
         )
-        if changes_allowed():
+        if allowed:
             logger.warning(f"--resume: {message} Resumed without the check (changes allowed).")
             return
         raise ConfigError(
@@ -304,9 +313,12 @@ def check_resume(saved: Optional[dict], current: dict, checkpoint: str) -> None:
             "or start a new run in another OUTPUT_DIR."
         )
     changes = config_changes(saved, current)
-    if not changes or changes_allowed():
+    if not changes:
         return
     listed = "\n  ".join(changes)
+    if allowed:
+        logger.warning(f"--resume continues {checkpoint} with these changes (allowed):\n  {listed}")
+        return
     raise ConfigError(
         f"--resume would continue {checkpoint} with another configuration than it was trained "
         f"with:\n  {listed}\nThe checkpoint is valid: resume with the run's own config (its "

@@ -1,35 +1,32 @@
-"""Training and evaluation entry points."""
+"""Training and evaluation: d2dist's trainers and entry points.
 
-from .defaults import argument_parser, evaluate_teacher, launch_cli, setup, train_or_eval
-from .export import export_student, for_evaluation, student_config
+Layers, each importing only those below it: the run directory (``rundir``, ``runlock``), faults
+(``faults``, ``steps``), ``subnormals``, the configs seen as the student's (``configs``) and data
+checks; then the trainer (``trainer``, with ``loaders``, ``optim``, ``teacher_eval``); then
+export and measurements (``export``, ``benchmark``, ``loss_scale``); then what every run shares
+(``run``); on top the yacs (``defaults``) and LazyConfig (``lazy``) entry points. See
+docs/architecture.md.
+"""
+
+from .configs import data_config, for_evaluation, student_config
+from .defaults import argument_parser, load_config, setup, train_or_eval
+from .export import export_student
+from .run import launch_cli
 from .subnormals import flush_subnormals
-from .trainer import (
-    DistillationMixin,
-    DistillTrainer,
-    StudentCheckpointer,
-    Trainer,
-    create_ddp_model,
-    data_config,
-    resume_or_load,
-    trainer_class,
-)
+from .trainer import DistillationMixin, Trainer, create_ddp_model
 
 __all__ = [
+    "DistillationMixin",
+    "Trainer",
     "argument_parser",
     "create_ddp_model",
     "data_config",
-    "evaluate_teacher",
-    "DistillationMixin",
-    "DistillTrainer",
-    "StudentCheckpointer",
-    "Trainer",
     "export_student",
     "flush_subnormals",
     "for_evaluation",
     "launch_cli",
-    "resume_or_load",
+    "load_config",
     "setup",
     "student_config",
     "train_or_eval",
-    "trainer_class",
 ]

@@ -40,9 +40,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..modeling.targets import Targets
-from .export import is_distiller_node, lazy_target
+from ..checkpoint import StudentCheckpointer, explained_load, initialise_student
+from .configs import is_distiller_node, lazy_target
 from .subnormals import subnormals_flushed
-from .trainer import StudentCheckpointer, Trainer, explained_load, initialise_student
+from .trainer import Trainer
 
 __all__ = [
     "PHASES",

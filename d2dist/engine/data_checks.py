@@ -26,7 +26,7 @@ from ..data.checks import (
     show_classes,
 )
 from ..errors import ConfigError
-from .export import is_distiller_node, student_meta_architecture
+from .configs import is_distiller_node, student_meta_architecture
 
 __all__ = [
     "check_dataset_classes",

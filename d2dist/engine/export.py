@@ -6,79 +6,18 @@ import os
 from typing import List, Tuple
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, LazyConfig, instantiate
 from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 from ..config import config_defaults
 from ..errors import UNREADABLE_CHECKPOINT, ConfigError, RunFault, is_write_failure, os_error_cause
-from ..modeling.meta_arch.distiller import split_distiller_state
+from ..modeling.meta_arch.state import split_distiller_state
+from .configs import is_distiller_node, student_config
 
-__all__ = [
-    "export_lazy_student",
-    "export_student",
-    "for_evaluation",
-    "is_distiller_node",
-    "plain_student_config",
-    "run_checkpoint",
-    "student_config",
-    "student_meta_architecture",
-]
+__all__ = ["export_lazy_student", "export_student", "plain_student_config", "run_checkpoint"]
 
 logger = logging.getLogger(__name__)
-
-
-def student_meta_architecture(cfg: CfgNode) -> str:
-    """The meta-architecture of ``cfg``'s model: a Distiller config's student's, else its own."""
-    if cfg.MODEL.META_ARCHITECTURE == "Distiller":
-        return cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
-    return cfg.MODEL.META_ARCHITECTURE
-
-
-def student_config(cfg: CfgNode) -> CfgNode:
-    """The student's own config: the Distiller config without ``MODEL.DISTILL``."""
-    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
-        raise ConfigError(
-            f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: not a Distiller config, "
-            "so there is no student to export."
-        )
-    scfg = cfg.clone()
-    scfg.defrost()
-    scfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
-    scfg.MODEL.pop("DISTILL")
-    return scfg
-
-
-def lazy_target(node):
-    """What a LazyConfig node's ``_target_`` names (a dotted name located), None for a node
-    without one or a value that is not a node."""
-    from detectron2.utils.registry import locate
-    from omegaconf import DictConfig
-
-    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
-    return locate(target) if isinstance(target, str) else target
-
-
-def is_distiller_node(node) -> bool:
-    """Whether a LazyConfig node instantiates d2dist's Distiller (or a subclass)."""
-    from ..modeling import Distiller
-
-    target = lazy_target(node)
-    return isinstance(target, type) and issubclass(target, Distiller)
-
-
-def for_evaluation(cfg):
-    """What evaluation and prediction build: for a Distiller, its student alone (no teacher, none
-    of its files read; a Distiller checkpoint or a plain student checkpoint loads into it); any
-    other model as it is. ``cfg`` is a yacs config (returns :func:`student_config` of a
-    Distiller config) or a LazyConfig ``model`` node (returns its ``student`` node)::
-
-        model = build_model(d2dist.engine.for_evaluation(cfg))        # yacs
-        model = instantiate(d2dist.engine.for_evaluation(cfg.model))  # LazyConfig
-    """
-    if isinstance(cfg, CfgNode):
-        return student_config(cfg) if cfg.MODEL.META_ARCHITECTURE == "Distiller" else cfg
-    return cfg.student if is_distiller_node(cfg) else cfg
 
 
 def _plain(value):
@@ -246,8 +185,6 @@ def export_lazy_student(
     LazyConfig (the run's config with ``model`` = its ``model.student`` and
     ``train.init_checkpoint`` = the exported weights) is saved with ``LazyConfig.save``, which
     plain Detectron2 loads (``LazyConfig.load`` + ``instantiate(cfg.model)``)."""
-    from detectron2.config import LazyConfig, instantiate
-
     if not is_distiller_node(cfg.model):
         raise ConfigError("the LazyConfig's model is not a d2dist Distiller: no student to export")
     weights, dropped = _student_weights(checkpoint, output, overwrite)
@@ -280,7 +217,7 @@ def export_student(
     """Write the student's weights to ``output`` (.pth) and its config next to it (.yaml).
 
     The weights are the student's entries of a Distiller checkpoint (see
-    :func:`~d2dist.modeling.meta_arch.distiller.split_distiller_state`): no teacher, adapters or
+    :func:`~d2dist.modeling.meta_arch.state.split_distiller_state`): no teacher, adapters or
     other training-only modules. They are checked by loading them
     strictly into a model built from the written config. The config is plain Detectron2
     (:func:`plain_student_config`) and names the weights by a path relative to the working

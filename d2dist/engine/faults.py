@@ -15,16 +15,12 @@ period is seconds, an evaluation can take minutes. When the signal reaches every
 group, data-loading workers die with it; the step that meets their death is treated as the
 preemption it is.
 
-A student whose training diverges (a non-finite loss, or non-finite boxes in its proposals) stops
-with a :class:`~d2dist.errors.RunFault` naming the iteration, the losses, the checkpoint kept (its
-last complete iteration) and what to change.
+What an iteration that fails saves, and a diverging student: :mod:`d2dist.engine.steps`.
 """
 
 import contextlib
 import logging
-import math
 import os
-import re
 import signal
 from typing import Optional, Sequence
 
@@ -33,7 +29,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..errors import D2DIST_ERRORS, DataError, RunFault
+from ..errors import DataError
 
 __all__ = [
     "CheckedMapper",
@@ -43,10 +39,7 @@ __all__ = [
     "preemption_hook_of",
     "preemption_hooks",
     "save_as_iteration",
-    "save_last_complete",
-    "saving_last_complete",
     "stopping_on_signals",
-    "without_tracebacks_of_d2dist_errors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,23 +72,6 @@ class CheckedMapper:
                 "then continue with --resume: the run saved a checkpoint of its last complete "
                 "iteration."
             ) from e
-
-
-# The handlers a process forked during training gets back (data-loading workers, process pools:
-# the signal keeps its usual effect there, else e.g. a pool's terminate() would hang on them).
-_FORK_RESTORES = {}
-
-
-def _restore_in_child():
-    for s, handler in _FORK_RESTORES.items():
-        try:
-            signal.signal(s, handler)
-        except ValueError:  # forked from a thread other than the main one
-            pass
-    _FORK_RESTORES.clear()
-
-
-os.register_at_fork(after_in_child=_restore_in_child)
 
 
 class Preempted(SystemExit):
@@ -137,8 +113,15 @@ class PreemptionHook(HookBase):
         self.stopping = False  # an _Interrupted is on its way up: no other is raised
         self.last_complete = None  # the last iteration whose training step ended, in this run
         self._sigchld = None  # SIGCHLD's handler before the signal came
+        self._pid = os.getpid()
 
     def _note(self, signum, frame):
+        if os.getpid() != self._pid:
+            # A process forked during training (a data-loading worker, a pool's process)
+            # inherited this handler: there the signal has its usual effect.
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
         self._signal = signum
         if self._sigchld is None:
             # The signal may reach the whole process group: the data-loading workers die of it,
@@ -157,7 +140,6 @@ class PreemptionHook(HookBase):
                 self._previous[s] = signal.signal(s, self._note)
             except ValueError:  # not the main thread: leave the process's handlers alone
                 continue
-            _FORK_RESTORES.setdefault(s, self._previous[s])
 
     def after_train(self):
         """Restore the process's handlers (idempotent: the trainers call it again when the loop
@@ -168,8 +150,6 @@ class PreemptionHook(HookBase):
             self._sigchld = None
         for s, handler in self._previous.items():
             signal.signal(s, handler)
-            if _FORK_RESTORES.get(s) is handler:
-                del _FORK_RESTORES[s]
         self._previous.clear()
 
     @property
@@ -287,93 +267,12 @@ def _device(trainer) -> torch.device:
     return next(model.parameters()).device
 
 
-@contextlib.contextmanager
-def saving_last_complete(trainer, checkpointer):
-    """Around one iteration of ``trainer``: if it fails (a data fault, a non-finite loss, ...),
-    the main process saves the state of the last complete iteration before the error stops the
-    run, so that an error mid-way loses no finished work. A preemption signal received meanwhile
-    (the whole process group was sent SIGTERM, and the data-loading workers died of it) makes the
-    failure the preemption it is; a non-finite loss a :class:`~d2dist.errors.RunFault` that
-    names the iteration, the losses, the checkpoint and what to change."""
-    try:
-        yield
-    except Exception as e:
-        saved = save_last_complete(trainer, checkpointer) if comm.is_main_process() else None
-        kept = (
-            f"saved {saved}.pth (its state after iteration {trainer.iter - 1}) in "
-            f"{checkpointer.save_dir}"
-            if saved
-            else "nothing was saved (no iteration had completed; the periodic checkpoints stay)"
-        )
-        preemption = preemption_hook_of(trainer)
-        if preemption is not None and preemption.signal:
-            name = signal.Signals(preemption.signal).name
-            logger.warning(
-                f"Received {name} during iteration {trainer.iter}, which then failed "
-                f"({type(e).__name__}: {str(e)[:200]}): the preemption stopped it; {kept}; "
-                "continue with --resume."
-            )
-            raise Preempted(128 + preemption.signal) from None
-        if isinstance(e, FloatingPointError):
-            raise RunFault(_diverged(trainer, e, kept)) from e
-        raise
-
-
 def preemption_hook_of(trainer) -> Optional[PreemptionHook]:
     """The trainer's :class:`PreemptionHook` (None without one)."""
     for hook in getattr(trainer, "_hooks", ()):
         if isinstance(hook, PreemptionHook):
             return hook
     return None
-
-
-_LOSS = re.compile(r"'([\w/]+)': (?:np\.float\d+\()?([-+\w.]+)\)?")
-
-
-def _diverged(trainer, error: FloatingPointError, kept: str) -> str:
-    """The message of a diverging student: iteration, the non-finite losses, what was kept, what
-    to change (Detectron2's "Loss became infinite or NaN" lists every loss; the Distiller's own
-    names its terms and levels; Detectron2's proposal check names no loss)."""
-    text = str(error)
-    bad = []
-    for key, value in _LOSS.findall(text):
-        try:
-            if not math.isfinite(float(value)):
-                bad.append(f"{key} = {value}")
-        except ValueError:
-            continue
-    if bad:
-        what = "non-finite losses: " + ", ".join(bad)
-    elif "non-finite distillation loss" in text:  # the Distiller's: its terms, by level
-        what = "non-finite distillation losses: " + text.split(": ", 1)[1].split(" (distill/")[0]
-    else:
-        what = f"{text.splitlines()[0]}"
-    optimizer = getattr(trainer, "optimizer", None)
-    lr = f" (now {optimizer.param_groups[0]['lr']:.3g})" if optimizer is not None else ""
-    return (
-        f"the training diverged at iteration {trainer.iter}: {what}. The run stopped and {kept}. "
-        f"Lower the learning rate{lr} (SOLVER.BASE_LR; LazyConfig: optimizer.lr) or lengthen its "
-        "warm-up (SOLVER.WARMUP_ITERS), clip the gradients (SOLVER.CLIP_GRADIENTS), or lower the "
-        "distillation terms' WEIGHT / warm them up (MODEL.DISTILL.WEIGHT_SCHEDULE.WARMUP_ITERS); "
-        "then --resume (with --allow-config-change) or start again."
-    )
-
-
-def save_last_complete(trainer, checkpointer):
-    """Save the state of the last iteration this run completed (when the current one fails);
-    returns the checkpoint's name, or None when the run completed no iteration yet. The model and
-    optimizer are those after that iteration (an iteration fails before its optimizer step: in
-    its data, forward or backward)."""
-    last = trainer.iter - 1
-    if last < trainer.start_iter:
-        return None
-    current = trainer.iter
-    name = save_as_iteration(trainer, checkpointer, last)
-    logger.warning(
-        f"The run stopped at iteration {current}: saved {name}.pth (its state after "
-        f"iteration {last}) in {checkpointer.save_dir}; continue with --resume."
-    )
-    return name
 
 
 def save_as_iteration(trainer, checkpointer, iteration: int) -> str:
@@ -393,26 +292,3 @@ def save_as_iteration(trainer, checkpointer, iteration: int) -> str:
         if inner is not None:
             inner.iter = current
     return name
-
-
-class _OwnErrorsWithoutTraceback(logging.Filter):
-    """Detectron2's training loop logs "Exception during training:" with the traceback of whatever
-    stopped it; for d2dist's own errors (a config mistake, a data fault, a disk or divergence
-    fault: their message says it all, and the tools print it) the traceback is left out. Any
-    other exception keeps it: it is a bug somewhere."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, D2DIST_ERRORS):
-            record.exc_info = None
-            record.exc_text = None
-            record.msg = f"{record.getMessage()} {type(exc).__name__} (below)"
-            record.args = ()
-        return True
-
-
-def without_tracebacks_of_d2dist_errors() -> None:
-    """Install :class:`_OwnErrorsWithoutTraceback` on Detectron2's training-loop logger (once)."""
-    loop = logging.getLogger("detectron2.engine.train_loop")
-    if not any(isinstance(f, _OwnErrorsWithoutTraceback) for f in loop.filters):
-        loop.addFilter(_OwnErrorsWithoutTraceback())

@@ -21,42 +21,30 @@ from typing import Sequence
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import get_detection_dataset_dicts
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine import default_argument_parser, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.checks import checked_dataset_dicts
-from ..errors import ConfigError
-from .data_checks import check_lazy_classes
-from .defaults import add_run_arguments, check_output_dir, plain_text_logs, resolve_device
-from .export import for_evaluation, is_distiller_node, lazy_target
-from .faults import (
-    CheckedMapper,
-    preemption_hooks,
-    saving_last_complete,
-    stopping_on_signals,
-    without_tracebacks_of_d2dist_errors,
-)
-from .lazy_checks import apply_overrides, check_lazy_config
-from .record import allow_config_change
-from .rundir import config_text, keeping_earlier_config
-from .runlock import lock_output_dir, release_output_dir
-from .subnormals import flush_subnormals, log_subnormal_mode
-from .trainer import (
+from ..checkpoint import (
     AtomicCheckpointer,
     EvalCheckpointer,
-    create_ddp_model,
-    explained_load,
-    remove_partials,
+    config_change_allowed,
     resume_or_load,
 )
+from ..data.checks import checked_dataset_dicts
+from ..errors import ConfigError
+from .configs import for_evaluation, lazy_target
+from .data_checks import check_lazy_classes
+from .faults import CheckedMapper, preemption_hooks, stopping_on_signals
+from .lazy_checks import apply_overrides, check_lazy_config
+from .run import add_run_arguments, prepare_run, release_run, resolve_device
+from .steps import CheckedAMPTrainer, CheckedSimpleTrainer
+from .trainer import create_ddp_model
 
 __all__ = [
     "do_test",
     "do_train",
-    "is_distiller_node",
     "lazy_argument_parser",
     "lazy_main",
     "lazy_setup",
@@ -69,9 +57,7 @@ _REQUIRED = ("model", "train")
 
 def lazy_argument_parser():
     """Detectron2's ``default_argument_parser`` (upstream's lazyconfig_train_net flags) plus
-    d2dist's run options (``--allow-config-change``)."""
-    from detectron2.engine import default_argument_parser
-
+    d2dist's run options (``--allow-config-change``, ``--debug``)."""
     parser = default_argument_parser()
     add_run_arguments(parser)
     return parser
@@ -119,22 +105,9 @@ def load_lazy_config(path: str, opts: Sequence[str], *, training: bool = True):
 
 def lazy_setup(args):
     """Load ``args.config_file`` with ``args.opts`` (``key=value``; :func:`load_lazy_config`) and
-    set up the run (flushing, output directory, Detectron2's ``default_setup``, d2dist's logger).
-    Returns the config."""
+    prepare the run (:func:`~d2dist.engine.run.prepare_run`). Returns the config."""
     cfg = load_lazy_config(args.config_file, args.opts, training=not args.eval_only)
-    flushed = flush_subnormals(cfg.train.device)  # before any computation (thread pool)
-    allow_config_change(getattr(args, "allow_config_change", False))
-    check_output_dir(cfg.train.output_dir, resume=args.resume, training=not args.eval_only)
-    if comm.is_main_process():  # the run owns its output directory until it ends (lazy_main)
-        lock_output_dir(cfg.train.output_dir)
-        remove_partials(cfg.train.output_dir)  # what an interrupted save left
-    plain_text_logs()
-    # default_setup writes config.yaml: an earlier one is kept (d2dist.engine.rundir)
-    text = config_text(cfg) if comm.is_main_process() else ""
-    with keeping_earlier_config(cfg.train.output_dir, text, eval_only=args.eval_only):
-        default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2dist")
-    log_subnormal_mode(flushed)
+    prepare_run(cfg, args, output_dir=cfg.train.output_dir, device=cfg.train.device)
     return cfg
 
 
@@ -205,8 +178,7 @@ def _evaluate(cfg, resume: bool):
             "--eval-only needs trained weights: pass train.init_checkpoint=/path/to/"
             "model_final.pth, or --resume to evaluate the last checkpoint in train.output_dir."
         )
-    with explained_load(checkpointer, weights, resume):
-        checkpointer.resume_or_load(weights, resume=resume)
+    resume_or_load(checkpointer, weights, resume=resume)
     return do_test(cfg, create_ddp_model(model))
 
 
@@ -266,7 +238,8 @@ def do_train(args, cfg):
     if getattr(model, "needs_find_unused_parameters", False):
         ddp["find_unused_parameters"] = True
     wrapped = create_ddp_model(model, **ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(wrapped, train_loader, optim)
+    steps = CheckedAMPTrainer if cfg.train.amp.enabled else CheckedSimpleTrainer
+    trainer = steps(wrapped, train_loader, optim)
     results = {}
 
     def evaluate():
@@ -275,13 +248,7 @@ def do_train(args, cfg):
         return results
 
     checkpointer = AtomicCheckpointer(wrapped, cfg.train.output_dir, trainer=trainer)
-    run_step = trainer.run_step
-
-    def checked_step():  # a failed iteration first saves the last complete one
-        with saving_last_complete(trainer, checkpointer):
-            run_step()
-
-    trainer.run_step = checked_step
+    trainer.checkpointer = checkpointer  # a failed iteration first saves the last complete one
     first, preemption = preemption_hooks(checkpointer)
     trainer.register_hooks(
         [
@@ -306,9 +273,15 @@ def do_train(args, cfg):
         ]
     )
     resuming = args.resume and checkpointer.has_checkpoint()
-    resume_or_load(checkpointer, cfg.train.init_checkpoint, resume=args.resume, cfg=cfg)
+    allowed = config_change_allowed(getattr(args, "allow_config_change", False) or None)
+    resume_or_load(
+        checkpointer,
+        cfg.train.init_checkpoint,
+        resume=args.resume,
+        cfg=cfg,
+        allow_config_change=allowed,
+    )
     start_iter = trainer.iter + 1 if resuming else 0
-    without_tracebacks_of_d2dist_errors()
     with stopping_on_signals(trainer, preemption):  # restores the handlers in every case
         trainer.train(start_iter, cfg.train.max_iter)
     return dict(results)  # the last evaluation's (the EvalHook runs one after the last step)
@@ -325,4 +298,4 @@ def lazy_main(args):
             return _evaluate(cfg, args.resume)
         return do_train(args, cfg)
     finally:
-        release_output_dir(cfg.train.output_dir)  # taken by lazy_setup()
+        release_run(args)  # the output directory's lock, taken by lazy_setup()

@@ -11,18 +11,15 @@ and evaluator, and when training ``optimizer`` and ``lr_multiplier``), recursive
 - each ``_target_`` given by name can be imported (else the closest name of its module is named);
 - each argument of a node is a parameter of its target (``inspect.signature``; a target with
   ``**kwargs`` takes any);
-- a value whose parameter is annotated with a plain type is of that type: ``int``, ``float``,
-  ``bool``, ``str``, ``Optional`` / ``Union`` of them and lists, tuples or sequences of them, and a
-  plain value (a string, a number) given for a parameter annotated with a class is an instance of
-  it (it is passed as it is). It is sound, not complete: only a value that is certainly wrong is
-  refused (a string or a non-integral number for an ``int``, a string for a ``float``, ...; an int
-  is a float, an integral float an int; ``None``, interpolations, nodes and the parameters of
-  other annotations, e.g. callables, or of none are not judged);
+- a value whose parameter is annotated with a plain type (``int``, ``float``, ``bool``, ``str``,
+  ``Optional`` / ``Union`` / sequences of them, a class for a plain value) is of that type. Sound,
+  not complete: only a value certainly wrong is refused (``None``, interpolations, nodes and
+  other annotations are not judged; an int is a float, an integral float an int);
 - the datasets named by ``dataloader.*.dataset.names`` (of Detectron2's
   ``get_detection_dataset_dicts``) are registered (the training set only when training);
 - a ``pixel_std`` argument holds finite standard deviations > 0;
-- the ``train`` settings d2dist's loop reads are of their types and ranges (as ``SOLVER.*`` of a
-  yacs config), and so are the batch size and workers of Detectron2's data loaders;
+- the ``train`` settings d2dist's loop reads, and the batch size and workers of Detectron2's data
+  loaders, are of their types and ranges (as ``SOLVER.*`` of a yacs config);
 - a teacher (``teacher_from_file`` / ``Teacher``) that trains a student does not run under float16
   autocast on the CPU.
 """
@@ -58,9 +55,7 @@ _TRAIN = {
     "checkpointer.period": (int, 1, "iterations between checkpoints"),
 }
 # Arguments of Detectron2's training loader, which has no annotations: (type, least value).
-_KNOWN = {
-    build_detection_train_loader: {"total_batch_size": (int, 1), "num_workers": (int, 0)},
-}
+_KNOWN = {build_detection_train_loader: {"total_batch_size": (int, 1), "num_workers": (int, 0)}}
 _TEACHERS = (teacher_from_file, Teacher)
 
 

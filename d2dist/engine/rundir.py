@@ -14,15 +14,24 @@ A directory *holds a run* when it has checkpoints (``model_*.pth``) or a ``last_
 """
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import tempfile
 from typing import List
 
-from ..errors import ConfigError
+from detectron2.config import CfgNode, LazyConfig
 
-__all__ = ["checkpoints_in", "config_text", "keeping_earlier_config", "resume_target"]
+from ..errors import ConfigError, RunFault, os_error_cause
+
+__all__ = [
+    "check_output_dir",
+    "checkpoints_in",
+    "config_text",
+    "keeping_earlier_config",
+    "resume_target",
+]
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"model_(\d+|final)\.pth")
@@ -61,6 +70,33 @@ def resume_target(out: str, resume: bool) -> None:
             f"--resume: OUTPUT_DIR {out!r} has no checkpoint yet, so this starts a new run (as "
             "the first start of a requeued job does), from MODEL.WEIGHTS / train.init_checkpoint."
         )
+
+
+def check_output_dir(out: str, resume: bool, training: bool) -> None:
+    """``out`` must be a writable directory; a training run without ``resume`` must not find an
+    earlier run's checkpoints there (Detectron2 would overwrite them), and one with ``resume``
+    must find the one to continue (:func:`~d2dist.engine.rundir.resume_target`)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out) as probe:  # room for a start: 1 MiB
+            probe.write(b"\0" * (1 << 20))
+            probe.flush()
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunFault(
+                f"OUTPUT_DIR {out!r}: {os_error_cause(e)}, so the run could write neither its "
+                "config nor a checkpoint; nothing was written. Free space there, or choose an "
+                "OUTPUT_DIR on another disk."
+            ) from e
+        raise ConfigError(
+            f"OUTPUT_DIR {out!r} is not a writable directory ({os_error_cause(e)}). Pass one "
+            "that is, e.g. `OUTPUT_DIR ./output/my_run` at the end of the command line "
+            "(LazyConfig: train.output_dir=./output/my_run)."
+        ) from e
+    # Detectron2 would silently overwrite an earlier run's checkpoints, or start over when there
+    # is none to resume: refuse instead (d2dist.engine.rundir).
+    if training:
+        resume_target(out, resume)
 
 
 @contextlib.contextmanager
@@ -108,8 +144,6 @@ def _free(out: str, pattern: str, first: int = 0) -> str:
 
 def config_text(cfg) -> str:
     """What Detectron2's ``default_setup`` writes as ``config.yaml`` for ``cfg``."""
-    from detectron2.config import CfgNode, LazyConfig
-
     if isinstance(cfg, CfgNode):
         return cfg.dump()
     with tempfile.TemporaryDirectory() as tmp:

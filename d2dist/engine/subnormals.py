@@ -17,9 +17,9 @@ Set the environment variable ``D2DIST_FLUSH_DENORMAL=0`` to keep subnormals (IEE
 
 import logging
 import os
-import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -70,10 +70,14 @@ def flush_subnormals(device) -> Optional[bool]:
     wanted = _wanted()  # a bad value is an error on every device
     if torch.device(device).type != "cpu":
         return None
+    if wanted:
+        # numpy computes its float types' limits once, when first asked (and caches them): asked
+        # with subnormals flushed, it finds the smallest subnormal to be 0 and warns. Now, they
+        # are computed right (and nothing is filtered).
+        for kind in (np.float16, np.float32, np.float64, np.longdouble):
+            np.finfo(kind)
     if not torch.set_flush_denormal(wanted):  # False: the processor has no such mode
         return False
-    if wanted:  # numpy then finds float64's smallest subnormal to be 0 and says so, harmlessly
-        warnings.filterwarnings("ignore", "The value of the smallest subnormal", UserWarning)
     return subnormals_flushed() == 1.0 if wanted else False
 
 

@@ -1,4 +1,21 @@
-"""d2dist's trainers: Detectron2's DefaultTrainer, plus student-only initialisation for distillation."""
+"""d2dist's trainers: Detectron2's ``DefaultTrainer`` with :class:`DistillationMixin`, which
+trains d2dist Distillers as well as plain models.
+
+The mixin extends Detectron2 through its extension points: the trainer's ``build_*`` methods
+(the model, the optimizer, DDP, the checkpointer, the hooks), its ``run_step`` / ``after_step``
+/ ``train`` methods, and hooks. One step of ``DefaultTrainer.__init__`` is not an extension point:
+it wraps the model with Detectron2's ``create_ddp_model(model, broadcast_buffers=False)``, whose
+``device_ids`` PyTorch refuses for a model on the CPU (d2dist's CPU processes with gloo) and which
+cannot pass ``find_unused_parameters`` (a Distiller whose terms stop or start). So every trainer
+with the mixin builds ``DefaultTrainer``'s parts through :class:`DefaultTrainerParts`, whose
+``__init__`` builds each of them, in ``DefaultTrainer.__init__``'s order, through the trainer's
+``build_*`` methods (:meth:`DistillationMixin.build_ddp_model` and
+:meth:`DistillationMixin.build_checkpointer` included). It is placed right before
+``DefaultTrainer`` in the trainer's method resolution order, after any base class of a project's
+own: so such a class's ``__init__`` runs as it would with ``DefaultTrainer`` alone
+(``tests/engine/test_trainer.py`` also checks that ``DefaultTrainer.__init__`` still builds what
+:class:`DefaultTrainerParts` builds, in the same order).
+"""
 
 import contextlib
 import contextvars
@@ -6,16 +23,8 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Optional
 
-import detectron2.data.transforms as T
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import (
-    DatasetMapper,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA
@@ -24,167 +33,33 @@ from detectron2.projects.deeplab.build_solver import (
 )
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import (
-    UNREADABLE_CHECKPOINT,
-    ConfigError,
-    RunFault,
-    incompatible_keys,
-    is_write_failure,
-    os_error_cause,
-)
+from ..checkpoint import AtomicCheckpointer, config_change_allowed, resume_or_load
+from ..errors import ConfigError
 from ..evaluation import build_evaluator
-from ..modeling.meta_arch.distiller import split_distiller_state
-from .data_checks import check_dataset_classes, test_dataset_dicts, train_dataset_dicts
-from .data_checks import weighted_sampler
-from .export import student_config, student_meta_architecture
-from .faults import (
-    CheckedMapper,
-    preemption_hook_of,
-    preemption_hooks,
-    saving_last_complete,
-    stopping_on_signals,
-    without_tracebacks_of_d2dist_errors,
-)
-from .record import changes_allowed, check_resume, run_record, saved_record
-from .schedule import schedule_from_config, schedulers_of
+from ..modeling import Distiller
+from .configs import data_config, student_config, student_meta_architecture
+from .data_checks import check_dataset_classes
+from .faults import preemption_hook_of, preemption_hooks, stopping_on_signals
+from .loaders import test_loader, train_loader
+from .optim import clip_full_model
+from .rundir import check_output_dir
+from .runlock import OutputDirLock
+from .steps import reporting_d2dist_errors, saving_last_complete, stopping_without_traceback
+from .teacher_eval import evaluate_teacher
 
 __all__ = [
-    "AtomicCheckpointer",
-    "check_test_augmentation",
-    "EvalCheckpointer",
-    "create_ddp_model",
-    "data_config",
+    "DefaultTrainerParts",
     "DistillationMixin",
-    "explained_load",
-    "initialise_student",
-    "resume_or_load",
     "Trainer",
-    "DistillTrainer",
-    "StudentCheckpointer",
-    "trainer_class",
+    "check_test_augmentation",
+    "create_ddp_model",
 ]
 
-_PARTIAL = ".partial"
 logger = logging.getLogger(__name__)
-
-
-def remove_partials(save_dir: str) -> List[str]:
-    """Delete what interrupted saves left in ``save_dir`` (``*.partial.pth``, the tag's
-    ``last_checkpoint.partial``); returns their names. Only for a directory this run owns."""
-    removed = []
-    if save_dir and os.path.isdir(save_dir):
-        for name in os.listdir(save_dir):
-            if name.endswith(_PARTIAL + ".pth") or name == "last_checkpoint" + _PARTIAL:
-                try:
-                    os.remove(os.path.join(save_dir, name))
-                    removed.append(name)
-                except FileNotFoundError:
-                    pass
-    if removed:
-        logging.getLogger(__name__).info(
-            f"Removed what interrupted saves left in {save_dir}: {removed}"
-        )
-    return removed
-
-
-class StudentCheckpointer(DetectionCheckpointer):
-    """Detectron2's checkpointer, for a plain model (e.g. a Distiller's student) that may be given
-    a Distiller checkpoint: then its student's entries are loaded (either layout, see
-    :class:`~d2dist.modeling.Distiller`) and the Distiller's own modules (the terms' adapters)
-    left out, with a log line instead of a warning about each of them. Plain student checkpoints
-    and Detectron2 / Caffe2 model-zoo files (with Detectron2's name matching) load as in
-    Detectron2. A Distiller model loads any of these itself (its ``load_state_dict``)."""
-
-    def _load_model(self, checkpoint):
-        from ..modeling import Distiller
-
-        state = checkpoint["model"]
-        _strip_prefix_if_present(state, "module.")  # saved from a DDP-wrapped model
-        if not isinstance(self.model, Distiller) and not hasattr(self.model, "terms"):
-            student, own = split_distiller_state(state)
-            if own:
-                logger.info(f"Loading the student of a Distiller checkpoint (leaving out {own})")
-                checkpoint["model"] = student
-        return super()._load_model(checkpoint)
-
-
-class AtomicCheckpointer(StudentCheckpointer):
-    """Detectron2's checkpointer, but a checkpoint appears only once it is completely written,
-    records what it was trained with, and loads a run's own checkpoint strictly. A plain model
-    given a Distiller checkpoint loads its student (:class:`StudentCheckpointer`).
-
-    - Each checkpoint is written as ``<name>.partial.pth`` and renamed to ``<name>.pth`` (an
-      atomic rename on one file system) before ``last_checkpoint`` is updated, itself by an atomic
-      rename; a run killed while saving leaves at most a ``.partial`` file, which the next save
-      removes, and resumes from the previous complete checkpoint.
-    - ``record`` (set by the trainer: :func:`d2dist.engine.record.run_record`) is saved in every
-      checkpoint as its ``d2dist`` entry (:func:`d2dist.engine.record.saved_record` reads it).
-    - With ``strict`` (set when resuming), a checkpoint that does not fit the model (missing,
-      unexpected or mis-shaped keys) is a :class:`ConfigError` listing them, never a warning.
-    """
-
-    record: Optional[dict] = None
-    strict: bool = False
-
-    def save(self, name: str, **kwargs) -> None:
-        """Detectron2's save, atomic; a failure to write (a full disk, a read-only directory) is
-        a :class:`~d2dist.errors.RunFault` naming the file, the cause and the last complete
-        checkpoint, which stays as it was."""
-        final = name
-        if self.save_dir and os.path.isdir(self.save_dir) and self.save_to_disk:
-            remove_partials(self.save_dir)
-            name += _PARTIAL
-        if self.record is not None:
-            kwargs["d2dist"] = self.record
-        try:
-            super().save(name, **kwargs)
-        except Exception as e:
-            if not (self.save_to_disk and is_write_failure(e)):
-                raise
-            cause = os_error_cause(e, os.path.join(self.save_dir, name + ".pth"))
-            remove_partials(self.save_dir)
-            last = self.get_checkpoint_file() if self.has_checkpoint() else ""
-            kept = (
-                f"the last complete checkpoint, {last}, is as it was (last_checkpoint names it)"
-                if last
-                else "no checkpoint of this run was complete yet"
-            )
-            raise RunFault(
-                f"could not write the checkpoint {os.path.join(self.save_dir, final + '.pth')}: "
-                f"{cause}. The run stopped; {kept}. Free space (or fix the "
-                "directory) and continue with --resume."
-            ) from e
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        if not self.strict:
-            return super()._log_incompatible_keys(incompatible)
-        problems = incompatible_keys(incompatible)
-        if problems:
-            raise ConfigError(
-                f"the checkpoint being resumed does not fit the model of this config "
-                f"({'; '.join(problems)}). Resume with the run's own config (its OUTPUT_DIR's "
-                "config.yaml), or start a new run in another OUTPUT_DIR."
-            )
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        if not os.path.isdir(self.save_dir):  # a remote directory: Detectron2's own way
-            return super().tag_last_checkpoint(last_filename_basename)
-        partial = _PARTIAL + ".pth"
-        if last_filename_basename.endswith(partial):
-            final = last_filename_basename[: -len(partial)] + ".pth"
-            os.replace(
-                os.path.join(self.save_dir, last_filename_basename),
-                os.path.join(self.save_dir, final),
-            )
-            last_filename_basename = final
-        tag = os.path.join(self.save_dir, "last_checkpoint")
-        with open(tag + _PARTIAL, "w") as f:
-            f.write(last_filename_basename)
-        os.replace(tag + _PARTIAL, tag)
+_BUILDING_TO_TRAIN = contextvars.ContextVar("d2dist_building_to_train", default=False)
 
 
 def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
@@ -208,23 +83,68 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     return d2_create_ddp_model(model, **kwargs)
 
 
-class DistillationMixin:
+class DefaultTrainerParts(DefaultTrainer):
+    """The parts ``DefaultTrainer.__init__`` builds (see the module docstring for why d2dist
+    builds them), each through the trainer's own ``build_*`` method, in the same order. The data
+    loader is built from :func:`~d2dist.engine.configs.data_config` (a project's
+    ``build_train_loader`` sees a Distiller config as its student's), and checked against the
+    model (:func:`~d2dist.engine.data_checks.check_dataset_classes`) before training."""
+
+    def __init__(self, cfg):
+        super(DefaultTrainer, self).__init__()  # TrainerBase's: DefaultTrainer's is built here
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        token = _BUILDING_TO_TRAIN.set(True)
+        try:
+            model = self.build_model(cfg)
+        finally:
+            _BUILDING_TO_TRAIN.reset(token)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(data_config(cfg))
+        check_dataset_classes(cfg, model)  # before training: datasets, student, teacher agree
+        model = self.build_ddp_model(cfg, model)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(cfg, model)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+
+class _DistillationTrainerType(type):
+    """The type of the trainers with :class:`DistillationMixin`: puts
+    :class:`DefaultTrainerParts` right before ``DefaultTrainer`` in their method resolution
+    order (after every base class of a project's own)."""
+
+    def mro(cls):
+        order = super().mro()
+        if DefaultTrainer in order and DefaultTrainerParts not in order:
+            order.insert(order.index(DefaultTrainer), DefaultTrainerParts)
+        return order
+
+
+class DistillationMixin(metaclass=_DistillationTrainerType):
     """Makes a Detectron2 ``DefaultTrainer`` (or a subclass of it) train d2dist Distillers as well
     as plain models. It goes first among the bases of a project's own trainer::
 
         class Trainer(DistillationMixin, DefaultTrainer):  # was: class Trainer(DefaultTrainer)
             ...
 
-    What it changes, for every model:
+    A project's own base class (``class Trainer(DistillationMixin, ProjectTrainer)``) keeps its
+    ``__init__`` and its methods. What the mixin changes, for every model:
 
-    - DDP: the model is wrapped by d2dist's :func:`create_ddp_model` (CPU processes with gloo
-      too; ``find_unused_parameters`` when the model needs it). ``DefaultTrainer.__init__`` wraps
-      with a module-level function and has no method to override, so this ``__init__`` builds
-      the same parts in the same order through the trainer's own ``build_*`` methods (Detectron2
-      itself is not changed).
-    - Checkpoints are written atomically (:class:`AtomicCheckpointer`); ``resume_or_load``
-      without ``resume`` refuses an ``OUTPUT_DIR`` that holds an earlier run's checkpoints;
-      d2dist's log messages go to the console and ``OUTPUT_DIR/log.txt``.
+    - DDP: :meth:`build_ddp_model` wraps with d2dist's :func:`create_ddp_model` (CPU processes
+      with gloo too; ``find_unused_parameters`` when the model needs it).
+    - Checkpoints are written atomically (:meth:`build_checkpointer`:
+      :class:`~d2dist.checkpoint.AtomicCheckpointer`); ``resume_or_load`` without ``resume``
+      refuses an ``OUTPUT_DIR`` that holds an earlier run's checkpoints; a run owns its
+      ``OUTPUT_DIR`` while it trains; an iteration that fails saves the last complete one first;
+      SIGTERM / SIGINT stop the run with a checkpoint; d2dist's log messages go to the console
+      and ``OUTPUT_DIR/log.txt``.
 
     For a Distiller only (plain models load as in Detectron2):
 
@@ -241,32 +161,12 @@ class DistillationMixin:
                 "subclass of it) among the bases, e.g. class Trainer(DistillationMixin, "
                 "DefaultTrainer)."
             )
-        super(DefaultTrainer, self).__init__()  # TrainerBase: DefaultTrainer's own parent
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
         if not logging.getLogger("d2dist").handlers:  # a project's own script: d2dist's messages
             setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2dist")
-        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         if cfg.TEST.AUG.ENABLED:
             check_test_augmentation(cfg, type(self))
-        token = _BUILDING_TO_TRAIN.set(True)
-        try:
-            model = self.build_model(cfg)
-        finally:
-            _BUILDING_TO_TRAIN.reset(token)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(data_config(cfg))
-        check_dataset_classes(cfg, model)  # before training: datasets, student, teacher agree
-        model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        super().__init__(cfg)  # every base's __init__ (DefaultTrainer's: DefaultTrainerParts)
+        model = self._trainer.model
         if comm.get_world_size() > 1:
             assert isinstance(model, DistributedDataParallel), type(model)
             logger.info(
@@ -275,6 +175,23 @@ class DistillationMixin:
                 type(model.module).__name__,
                 model.find_unused_parameters,
             )
+
+    @property
+    def distiller(self) -> Optional[Distiller]:
+        """The Distiller this trainer trains (without DDP), None for a plain model."""
+        model = self.checkpointer.model  # the checkpointer's: unwrapped from DDP
+        return model if isinstance(model, Distiller) else None
+
+    @classmethod
+    def build_ddp_model(cls, cfg, model: nn.Module) -> nn.Module:
+        """The model wrapped for a multi-process run: :func:`create_ddp_model` (the model itself
+        with one process)."""
+        return create_ddp_model(model, broadcast_buffers=False)
+
+    def build_checkpointer(self, cfg, model: nn.Module) -> AtomicCheckpointer:
+        """The run's checkpointer: :class:`~d2dist.checkpoint.AtomicCheckpointer` in
+        ``OUTPUT_DIR`` (Detectron2's ``DetectionCheckpointer``, atomic and recording the run)."""
+        return AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -330,12 +247,12 @@ class DistillationMixin:
 
     @classmethod
     def evaluate_teacher(cls, cfg, teacher=None) -> dict:
-        """``--eval-teacher`` in a project's own script: evaluate the teacher of the Distiller
-        config ``cfg`` on ``cfg.DATASETS.TEST`` with this trainer's ``test`` (its own
-        ``build_evaluator``), before training. See :func:`d2dist.engine.evaluate_teacher`."""
-        from .defaults import evaluate_teacher
-
-        return evaluate_teacher(cfg, teacher, trainer=cls)
+        """``--eval-teacher``: evaluate the teacher of the Distiller config ``cfg`` on
+        ``cfg.DATASETS.TEST`` with this trainer's ``test`` (its own ``build_evaluator``), before
+        training; ``teacher`` is the one a trainer built already (``trainer.distiller
+        .teacher_wrapper``), else one is built. See
+        :func:`d2dist.engine.teacher_eval.evaluate_teacher`."""
+        return evaluate_teacher(cfg, cls, teacher)
 
     def build_hooks(self):
         """The trainer's hooks, between the two of a preemptible run (:mod:`.faults`): first,
@@ -355,61 +272,50 @@ class DistillationMixin:
 
     def run_step(self):
         """One iteration; if it fails (a data fault, a non-finite loss, ...), the state of the
-        last complete iteration is saved before the error stops the run."""
-        with saving_last_complete(self, self.checkpointer):
+        last complete iteration is saved before the error stops the run (:mod:`.steps`)."""
+        with stopping_without_traceback(), saving_last_complete(self, self.checkpointer):
             super().run_step()
 
+    def before_train(self):
+        with stopping_without_traceback():
+            super().before_train()
+
+    def after_step(self):
+        with stopping_without_traceback():
+            super().after_step()
+
     def train(self):
-        """Detectron2's training loop, owning ``OUTPUT_DIR`` while it runs (:mod:`.runlock`: a
-        second run into it is refused; d2dist's tools take the lock already at setup), stopped
-        with a checkpoint on SIGTERM / SIGINT (:func:`~d2dist.engine.faults.stopping_on_signals`).
-        """
-        from .runlock import lock_output_dir, release_output_dir
-
-        without_tracebacks_of_d2dist_errors()
-        if comm.is_main_process():
-            lock_output_dir(self.cfg.OUTPUT_DIR)
-        preemption = preemption_hook_of(self)
-        try:
-            with stopping_on_signals(self, preemption):
+        """Detectron2's training loop, owning ``OUTPUT_DIR`` while it runs
+        (:class:`~d2dist.engine.runlock.OutputDirLock`: a second run into it is refused), stopped
+        with a checkpoint on SIGTERM / SIGINT (:func:`~d2dist.engine.faults.stopping_on_signals`);
+        a d2dist error that stops it is raised as it is, without Detectron2's traceback log
+        (:mod:`.steps`)."""
+        owning = OutputDirLock(self.cfg.OUTPUT_DIR) if comm.is_main_process() else None
+        with owning or contextlib.nullcontext(), reporting_d2dist_errors():
+            with stopping_on_signals(self, preemption_hook_of(self)):
                 return super().train()
-        finally:
-            release_output_dir(self.cfg.OUTPUT_DIR)
 
-    def resume_or_load(self, resume=True):
-        """Detectron2's ``resume_or_load`` through d2dist's :func:`resume_or_load` (a Distiller's
-        teacher, its student's initialisation, a strict resume of the same run, the LR schedule
-        of this config); never over an earlier run's checkpoints without ``resume``."""
-        from .defaults import check_output_dir
-
+    def resume_or_load(self, resume=True, allow_config_change: Optional[bool] = None):
+        """Detectron2's ``resume_or_load`` through :func:`d2dist.checkpoint.resume_or_load` (a
+        Distiller's teacher, its student's initialisation, a strict resume of the same run, the
+        LR schedule of this config); never over an earlier run's checkpoints without ``resume``.
+        ``allow_config_change``: resume a run whose config changed (None: whether the
+        environment sets ``D2DIST_ALLOW_CONFIG_CHANGE=1``)."""
         check_output_dir(self.cfg.OUTPUT_DIR, resume=resume, training=True)  # never overwrite
         resuming = resume and self.checkpointer.has_checkpoint()
-        resume_or_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume=resume, cfg=self.cfg)
+        resume_or_load(
+            self.checkpointer,
+            self.cfg.MODEL.WEIGHTS,
+            resume=resume,
+            cfg=self.cfg,
+            allow_config_change=config_change_allowed(allow_config_change),
+        )
         # Detectron2's: the trainer's iteration was restored with the checkpoint
         self.start_iter = self.iter + 1 if resuming else 0
 
 
-_BUILDING_TO_TRAIN = contextvars.ContextVar("d2dist_building_to_train", default=False)
-
-
-def data_config(cfg):
-    """``cfg`` as a project's data and evaluation code should see it: a Distiller config with
-    its student's ``MODEL.META_ARCHITECTURE`` (projects choose their mapper from it, e.g.
-    DeepLab's and PointRend's ``build_train_loader`` test ``"SemanticSegmentor" in
-    cfg.MODEL.META_ARCHITECTURE``); every other key as it is. A plain config is returned as is."""
-    if cfg.MODEL.META_ARCHITECTURE != "Distiller":
-        return cfg
-    out = cfg.clone()
-    out.defrost()
-    out.MODEL.META_ARCHITECTURE = student_meta_architecture(cfg)
-    out.freeze()
-    return out
-
-
 def _evaluated_model(model: nn.Module) -> nn.Module:
     """What evaluation runs: ``model`` without DDP, and a Distiller's student."""
-    from ..modeling import Distiller
-
     if isinstance(model, DistributedDataParallel):
         model = model.module
     return model.student if isinstance(model, Distiller) else model
@@ -449,85 +355,15 @@ def check_test_augmentation(cfg, trainer: type, model: Optional[nn.Module] = Non
         )
 
 
-def resume_or_load(checkpointer, weights: str, *, resume: bool, cfg=None) -> dict:
-    """``checkpointer.resume_or_load(weights, resume=resume)`` for plain models and Distillers:
-    the one way d2dist's trainers start or resume a run, and a drop-in for a project's own
-    training loop (upstream ``lazyconfig_train_net.py``, CenterNet2's ``train_net.py``).
-
-    - A Distiller's teacher is loaded (strictly, from its own source, once).
-    - Resuming (``resume`` and a checkpoint in the checkpointer's directory) restores the run:
-      the model (a Distiller's student and terms) and the checkpointer's other checkpointables
-      (optimizer, scheduler, trainer). The LR schedulers keep the settings built from this run's
-      config (:func:`~d2dist.engine.schedule.schedule_from_config`), so a larger
-      ``SOLVER.MAX_ITER`` extends a run with any scheduler.
-    - A new run initialises a Distiller's *student* from ``weights`` (an ImageNet backbone, a
-      plain student checkpoint, a Distiller checkpoint), then copies ``MODEL.DISTILL.INHERIT``
-      from the teacher; a plain model loads ``weights`` (a Distiller checkpoint: its student).
-    - With an :class:`AtomicCheckpointer` and ``cfg``, the checkpoints record the run
-      (:mod:`.record`) and a resume must be of the same run, loaded strictly.
-
-    A file that cannot be read or does not fit is a :class:`ConfigError` naming it. Returns what
-    the checkpointer's ``resume_or_load`` returns (the checkpoint's other entries, e.g.
-    ``iteration``; ``{}`` for a new run).
-    """
-    from ..modeling import Distiller
-
-    model = checkpointer.model  # unwrapped from DDP by the checkpointer
-    distiller = isinstance(model, Distiller)
-    atomic = isinstance(checkpointer, AtomicCheckpointer)
-    with explained_load(checkpointer, weights, resume) as resuming:
-        if distiller:
-            model.load_teacher()
-        if atomic and cfg is not None:
-            checkpointer.record = run_record(cfg, model.teacher_wrapper if distiller else None)
-        if resuming:  # only the same run, and its own checkpoint strictly
-            last = checkpointer.get_checkpoint_file()
-            if atomic and checkpointer.record is not None:
-                check_resume(saved_record(last), checkpointer.record, last)
-                checkpointer.strict = not changes_allowed()  # else: logged
-            schedulers = schedulers_of(checkpointer.checkpointables.values())
-            try:
-                with schedule_from_config(schedulers, _max_iter(cfg)):
-                    return checkpointer.resume_or_load(weights, resume=True)
-            finally:
-                if atomic:
-                    checkpointer.strict = False
-        if distiller:
-            key = "MODEL.WEIGHTS" if cfg is None or "SOLVER" in cfg else "train.init_checkpoint"
-            initialise_student(model, weights, key)
-            return {}
-        return checkpointer.resume_or_load(weights, resume=False)
-
-
-def _max_iter(cfg) -> Optional[int]:
-    if cfg is None:
-        return None
-    if "SOLVER" in cfg:
-        return cfg.SOLVER.MAX_ITER
-    return cfg.train.max_iter if "train" in cfg else None
-
-
-def initialise_student(distiller: nn.Module, weights: str, key: str) -> None:
-    """A new run's start (not a resume): ``weights`` (the setting ``key``; an ImageNet backbone,
-    a plain student checkpoint or a Distiller checkpoint) into the Distiller's student only,
-    then the parameters the Distiller inherits from its (loaded) teacher
-    (``MODEL.DISTILL.INHERIT``)."""
-    if weights:
-        StudentCheckpointer(distiller.student).load(weights)
-    else:
-        logger.info(f"{key} is empty: the student starts from its random init.")
-    distiller.inherit_from_teacher()
-
-
 class Trainer(DistillationMixin, DefaultTrainer):
     """d2dist's trainer: Detectron2's ``DefaultTrainer`` with :class:`DistillationMixin`, for
     every registered meta-architecture, plain or Distiller.
 
     Adds only what ``DefaultTrainer`` leaves abstract: :meth:`build_evaluator` picks the official
     evaluator of each test dataset (COCO, semantic segmentation, Cityscapes, ...) from its
-    metadata, so teachers, baselines and distilled students are scored by the same code. The LR
-    schedulers are Detectron2's plus the DeepLab project's ``WarmupPolyLR`` (its segmentation
-    recipes' schedule). Empty training sets are a :class:`ConfigError` naming the key.
+    metadata, so that teachers, baselines and distilled students are scored by the same code.
+    The LR schedulers are Detectron2's plus the DeepLab project's ``WarmupPolyLR`` (its
+    segmentation recipes' schedule). The loaders check their datasets (:mod:`.loaders`).
     """
 
     @classmethod
@@ -540,156 +376,8 @@ class Trainer(DistillationMixin, DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's loader; for semantic segmentation with ``INPUT.CROP``, with the DeepLab
-        project's augmentations (:func:`sem_seg_train_augmentations`) as its train_net uses.
-        ``DATASETS.TRAIN`` is loaded once and checked before training
-        (:mod:`d2dist.data.checks`: faults named, boxes outside the images dropped and
-        counted)."""
-        if cfg.INPUT.CROP.ENABLED and student_meta_architecture(cfg) == "SemanticSegmentor":
-            augmentations = sem_seg_train_augmentations(cfg)
-            mapper = DatasetMapper(cfg, is_train=True, augmentations=augmentations)
-        else:
-            mapper = DatasetMapper(cfg, is_train=True)
-        # an image that cannot be used stops the run, named (d2dist.engine.faults)
-        mapper = CheckedMapper(mapper, cfg.DATASETS.TRAIN)
-        sampler = None
-        if cfg.DATALOADER.SAMPLER_TRAIN in ("WeightedTrainingSampler",
-                                            "WeightedCategoryTrainingSampler"):  # fmt: skip
-            per_dataset = train_dataset_dicts(cfg, per_dataset=True)
-            dicts = [d for _, records in per_dataset for d in records]
-            sampler = weighted_sampler(cfg, per_dataset)
-        else:
-            dicts = train_dataset_dicts(cfg)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts, sampler=sampler)
+        return train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """Detectron2's test loader of ``dataset_name``, whose records are checked before
-        evaluation (:mod:`d2dist.data.checks`; a test set without annotations cannot be scored)
-        and whose classes the model's heads must predict."""
-        dicts = test_dataset_dicts(cfg, dataset_name)
-        mapper = DatasetMapper(cfg, is_train=False)
-        return build_detection_test_loader(
-            dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
-        )
-
-
-def clip_full_model(optimizer, max_norm: float, norm_type: float = 2.0):
-    """``optimizer``, its ``step`` first clipping the norm of all its parameters' gradients
-    together at ``max_norm`` (the way Detectron2 adds its own gradient clipping: a subclass of
-    the optimizer's class)."""
-    if not max_norm > 0:
-        raise ConfigError(
-            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE={max_norm}: the largest gradient norm must be > 0"
-        )
-    base = type(optimizer)
-
-    def step(self, closure=None):
-        params = [p for group in self.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
-        return base.step(self, closure)
-
-    optimizer.__class__ = type(
-        base.__name__ + "WithFullModelGradientClipping", (base,), {"step": step}
-    )
-    return optimizer
-
-
-def sem_seg_train_augmentations(cfg):
-    """The training augmentations of Detectron2's DeepLab project (its train_net's
-    ``build_sem_seg_train_aug``): resize the shortest edge (``INPUT.MIN_SIZE_TRAIN``, multi-scale),
-    *then* crop to ``INPUT.CROP.SIZE`` (avoiding crops of mostly one category), then flip. So every
-    training image has the crop's size, which a DeepLab head's fixed ASPP pooling kernel needs
-    (Detectron2's default mapper crops before resizing, which gives images of other sizes)."""
-    augs = [
-        T.ResizeShortestEdge(
-            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
-        ),
-        T.RandomCrop_CategoryAreaConstraint(
-            cfg.INPUT.CROP.TYPE,
-            cfg.INPUT.CROP.SIZE,
-            cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-            cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        ),
-        T.RandomFlip(),
-    ]
-    return augs
-
-
-@contextlib.contextmanager
-def explained_load(checkpointer: DetectionCheckpointer, weights: str, resume: bool):
-    """Around a ``resume_or_load``: yields whether it resumes (``resume`` and a checkpoint in
-    the save directory), and turns a failure to load the checkpoint it loads (that last one, or
-    ``weights``) into a :class:`ConfigError` naming the file: one that cannot be read (missing,
-    truncated, not a checkpoint), or whose state does not fit the model and optimizer."""
-    resuming = resume and checkpointer.has_checkpoint()
-    try:
-        yield resuming
-    except ConfigError:
-        raise
-    except (ValueError, KeyError) as e:  # the file read; its state does not fit (optimizer...)
-        what = "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS"
-        path = checkpointer.get_checkpoint_file() if resuming else weights
-        raise ConfigError(
-            f"{what} ({path!r}) was read, but its state does not fit the model and optimizer "
-            f"built from this config ({type(e).__name__}: {e}). "
-            + (
-                "The checkpoint is valid: resume with the run's own config (its config.yaml); "
-                "a changed model needs a new run (MODEL.WEIGHTS of that checkpoint starts its "
-                "student from it)."
-                if resuming
-                else "Give a checkpoint of this model."
-            )
-        ) from e
-    except UNREADABLE_CHECKPOINT as e:
-        what = "the last checkpoint of OUTPUT_DIR" if resuming else "MODEL.WEIGHTS"
-        path = checkpointer.get_checkpoint_file() if resuming else weights
-        raise ConfigError(
-            f"could not load {what} ({path!r}): {type(e).__name__}: {e}. Give a checkpoint "
-            "written by Detectron2 / d2dist (.pth) or a model-zoo file (.pkl)"
-            + (
-                "; or delete that file and the last_checkpoint entry to resume from an "
-                "earlier checkpoint."
-                if resuming
-                else "."
-            )
-        ) from e
-
-
-class EvalCheckpointer(StudentCheckpointer):
-    """Loads the weights an evaluation or an export runs on: strictly (a checkpoint that does not
-    fit the model is a :class:`ConfigError` naming the file, the model and the fix) and never
-    nothing (no file to load is an error too). The model given is the one evaluated (a plain
-    model, or a Distiller's student); a Distiller checkpoint gives its student's entries (that is
-    how a distilled run is evaluated, with either config), a plain checkpoint its own."""
-
-    def load(self, path: str, checkpointables=None):
-        if not path:
-            raise ConfigError(
-                f"there are no weights to evaluate: no MODEL.WEIGHTS and no checkpoint in "
-                f"{self.save_dir!r}. Pass MODEL.WEIGHTS (train.init_checkpoint) or --resume with "
-                "the OUTPUT_DIR of a run that saved checkpoints."
-            )
-        self._path = path
-        return super().load(path, checkpointables)
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        problems = incompatible_keys(incompatible)
-        if problems:
-            raise ConfigError(
-                f"{getattr(self, '_path', 'the checkpoint')!r} does not fit the "
-                f"{type(self.model).__name__} of this config ({'; '.join(problems)}), so its "
-                "weights would not be the ones evaluated. Evaluate a run's checkpoint with that "
-                "run's own config (its OUTPUT_DIR/config.yaml), a distilled student exported by "
-                "tools/export_student.py with its student.yaml, or a plain model's with its own "
-                "config."
-            )
-
-
-# Earlier names: Trainer now trains Distillers and plain models alike.
-DistillTrainer = Trainer
-
-
-def trainer_class(cfg):
-    """The trainer for a config: :class:`Trainer`, whatever the meta-architecture."""
-    return Trainer
+        return test_loader(cfg, dataset_name)

@@ -9,6 +9,7 @@ import time
 import warnings
 from typing import List, Optional, Sequence
 
+from ..data import ensure_generated
 from ..errors import ConfigError
 from ..file_io import CHECKOUT
 from .planning import Job, StudyError, default_output_dir, plan
@@ -88,7 +89,7 @@ def _dataset_names(opts: Sequence[str]) -> List[str]:
 def study_main(argv: Optional[Sequence[str]] = None, *, defaults: Optional[dict] = None):
     """Run (or, with ``--report-only``, report) a study; returns its jobs with their results.
 
-    Raises :class:`~d2dist.config.ConfigError` for arguments it cannot run with and
+    Raises :class:`~d2dist.errors.ConfigError` for arguments it cannot run with and
     :class:`~d2dist.study.planning.StudyError` when a run fails.
     """
     defaults = defaults or {}
@@ -103,15 +104,14 @@ def study_main(argv: Optional[Sequence[str]] = None, *, defaults: Optional[dict]
         raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {opts}")
     prefix = defaults.get("prefix", "results_quick" if args.quick else "results")
 
-    # Generate the dataset here, where its progress bar is visible (runs log to files). Importing
-    # Detectron2 prints library deprecation warnings that say nothing about the study: hide them.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    from ..data import ensure_generated
-
+    # Generate the dataset here, where its progress bar is visible (runs log to files), without
+    # library deprecation warnings that say nothing about the study.
     jobs = plan(args.tasks, args.methods, seeds, args.output_dir, args.quick, opts)
-    for name in _dataset_names(opts):
-        ensure_generated(name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        for name in _dataset_names(opts):
+            ensure_generated(name)
     start = time.time()
     if args.report_only:
         read_finished(jobs, args.output_dir)

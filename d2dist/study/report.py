@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
+from ..engine.benchmark import cpu_model
 from .planning import Job, run_dir, shell_command
 from .runs import config_value, loss_curves, schedule
 from .tasks import TASKS
@@ -169,8 +170,6 @@ def plot(rows, teacher_ap, jobs, out_root: str, report: str, stem: str, title: s
 
 
 def _machine() -> str:
-    from ..engine.benchmark import cpu_model
-
     return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from d2dist.config import ConfigError, get_cfg
+from d2dist.config import get_cfg
 from d2dist.engine import Trainer
-from d2dist.engine.trainer import clip_full_model
+from d2dist.engine.optim import clip_full_model
+from d2dist.errors import ConfigError
 
 
 def _grads(model, scale):

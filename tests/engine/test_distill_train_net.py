@@ -12,7 +12,7 @@ from _tiny import SHAPES_STUDENT_TINY, SHAPES_TEACHER_TINY, SHAPES_TINY_DATA
 from _tools import load_tool
 
 from d2dist.config import get_cfg
-from d2dist.engine import DistillTrainer, Trainer, argument_parser, export_student
+from d2dist.engine import Trainer, argument_parser, export_student
 
 pytestmark = (
     pytest.mark.slow
@@ -205,7 +205,7 @@ def test_model_weights_initialise_the_student_only(teacher_weights, tmp_path):
         pickle.dump({"model": init, "__author__": "test", "matching_heuristics": True}, f)
     cfg.MODEL.WEIGHTS = str(pkl)
     cfg.OUTPUT_DIR = out
-    trainer = DistillTrainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)  # loads the teacher's own weights, then MODEL.WEIGHTS
     student = trainer.model.student.state_dict()
     for k in init:
@@ -281,7 +281,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(teacher_weights,
     saved = torch.load(os.path.join(out, saved_name), map_location="cpu", weights_only=False)
 
     # Resuming restores exactly that state: weights, adapters, optimizer, scheduler, iteration.
-    trainer = DistillTrainer(_cfg(*opts))
+    trainer = Trainer(_cfg(*opts))
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == saved["iteration"] + 1
     state = trainer.checkpointer.model.state_dict()
@@ -311,7 +311,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(teacher_weights,
 
 
 def test_checkpoints_appear_only_when_complete(tmp_path, monkeypatch):
-    from d2dist.engine.trainer import AtomicCheckpointer
+    from d2dist.checkpoint import AtomicCheckpointer
 
     model = torch.nn.Linear(2, 2)
     checkpointer = AtomicCheckpointer(model, str(tmp_path))

@@ -19,11 +19,11 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from PIL import Image
 
-from d2dist.config import ConfigError, get_cfg
+from d2dist.checkpoint import remove_partials
+from d2dist.config import get_cfg
 from d2dist.engine.faults import CheckedMapper, PreemptionHook
-from d2dist.engine.runlock import LOCK_NAME, lock_output_dir, release_output_dir
-from d2dist.engine.trainer import remove_partials
-from d2dist.errors import DataError, RunFault
+from d2dist.engine.runlock import LOCK_NAME, OutputDirLock
+from d2dist.errors import ConfigError, DataError, RunFault
 
 # Runs that are killed, locked, resumed or stopped by bad data, as subprocesses.
 pytestmark = pytest.mark.slow
@@ -121,27 +121,33 @@ def test_a_second_run_into_a_directory_in_use_is_refused(teacher, tmp_path):
         first.kill()
         first.wait()
     # a killed run leaves no lock behind: the directory can be resumed at once
-    lock_output_dir(out)
-    release_output_dir(out)
+    with OutputDirLock(out):
+        pass
 
 
 def test_the_lock_is_per_process_and_names_its_owner(tmp_path):
     out = str(tmp_path)
     script = (
-        "import sys, time; from d2dist.engine.runlock import lock_output_dir; "
-        f"lock_output_dir({out!r}); print('locked', flush=True); time.sleep(60)"
+        "import sys, time; from d2dist.engine.runlock import OutputDirLock; "
+        f"OutputDirLock({out!r}).acquire(); print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=rf"in use by another run \(process {holder.pid} on"):
-            lock_output_dir(out)
+            OutputDirLock(out).acquire()
     finally:
         holder.kill()
         holder.wait()
-    lock_output_dir(out)  # released by the end of its process
-    lock_output_dir(out)  # again in this process: nothing to do
-    release_output_dir(out)
+    outer = OutputDirLock(out)
+    outer.acquire()  # released by the end of its process
+    with OutputDirLock(out):  # again in this process (the trainer's): nothing to do
+        pass
+    assert outer._fd is not None  # the inner one released nothing
+    outer.release()
+    probe = subprocess.run([sys.executable, "-c", script.replace("time.sleep(60)", "")],
+                           capture_output=True, text=True)  # fmt: skip
+    assert probe.returncode == 0 and "locked" in probe.stdout, probe.stderr[-2000:]
 
 
 def _write_jpeg(path, size=(64, 64), seed=0):
@@ -322,13 +328,13 @@ def test_the_run_record_of_a_lazy_config_is_the_same_in_every_process():
     resumed run in a new process compares equal (a repr would hold their memory addresses)."""
     from detectron2.config import LazyConfig
 
-    from d2dist.engine.record import run_record
+    from d2dist.checkpoint.record import run_record
 
     config = os.path.join(SHAPES, "mask_rcnn_R18_FPN_1x.py")
     here = run_record(LazyConfig.load(config))["config"]
     code = (
         "import json, sys; from detectron2.config import LazyConfig; "
-        "from d2dist.engine.record import run_record; "
+        "from d2dist.checkpoint.record import run_record; "
         "print(json.dumps(run_record(LazyConfig.load(sys.argv[1]))['config']))"
     )
     done = subprocess.run([sys.executable, "-c", code, config], capture_output=True, text=True)
@@ -473,7 +479,7 @@ def test_a_lock_file_of_another_user_is_a_clear_error(teacher, tmp_path, monkeyp
 
     monkeypatch.setattr(runlock.os, "open", refused)
     with pytest.raises(RunFault, match=expected):
-        runlock.lock_output_dir(out)
+        runlock.OutputDirLock(out).acquire()
 
 
 # ---- nothing written before is lost (issue 22) --------------------------------------------------

@@ -16,8 +16,8 @@ from _tools import load_tool
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser
 
-from d2dist.config import ConfigError
 from d2dist.engine import argument_parser
+from d2dist.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # LazyConfig training runs, one killed and resumed
 

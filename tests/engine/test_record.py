@@ -1,11 +1,11 @@
-"""The run record's coverage of the teacher's files, and its comparison (d2dist.engine.record)."""
+"""The run record's coverage of the teacher's files, and its comparison (d2dist.checkpoint.record)."""
 
 import os
 
 import pytest
 
-from d2dist.config import ConfigError
-from d2dist.engine.record import check_resume, config_changes, config_files, file_sha256
+from d2dist.checkpoint.record import check_resume, config_changes, config_files, file_sha256
+from d2dist.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPES = os.path.join(REPO, "configs", "Shapes-Detection")

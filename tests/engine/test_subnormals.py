@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from d2dist.config import ConfigError
 from d2dist.engine import subnormals
 from d2dist.engine.subnormals import ENV_VAR, flush_subnormals, log_subnormal_mode
+from d2dist.errors import ConfigError
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)
