@@ -307,3 +307,22 @@ def test_leaf_replaces_the_student_side_only():
     assert a.is_leaf and a.requires_grad and b is t and torch.equal(a, s.detach())
     with pytest.raises(TypeError, match="must implement TargetKind.leaf"):
         leaf(object())
+
+
+def test_dense_heads_on_levels_of_other_strides_are_refused():
+    import types
+
+    from detectron2.layers import ShapeSpec
+
+    from d2dist.modeling.targets.base import check_head_strides
+
+    def net(levels):
+        shapes = {f"p{i}": ShapeSpec(channels=8, stride=2**i) for i in range(3, 8)}
+        backbone = types.SimpleNamespace(output_shape=lambda: shapes)
+        return types.SimpleNamespace(backbone=backbone, head_in_features=levels)
+
+    check_head_strides(net(["p3", "p4"]), net(["p3", "p4"]), "dense logits", "why")
+    with pytest.raises(ConfigError, match=r"dense logits: student head levels \['p3', 'p4'\] "
+                       r"\(strides \[8, 16\]\) and teacher head levels \['p4', 'p5'\] \(strides "
+                       r"\[16, 32\]\) differ; why"):  # fmt: skip
+        check_head_strides(net(["p3", "p4"]), net(["p4", "p5"]), "dense logits", "why")

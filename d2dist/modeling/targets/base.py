@@ -46,6 +46,7 @@ __all__ = [
     "Targets",
     "TeacherRun",
     "check_feature_names",
+    "check_head_strides",
     "crop_to_common",
     "leaf",
     "num_branches",
@@ -284,6 +285,20 @@ def pair_batch(student: Tensor, teacher: Tensor, what: str) -> Tensor:
     """The teacher's tensor with the student's rows: itself, or repeated once per student branch
     (see :func:`num_branches`)."""
     return repeat_batch(teacher, num_branches(student.shape[0], teacher.shape[0], what))
+
+
+def check_head_strides(student: nn.Module, teacher: nn.Module, what: str, why: str) -> None:
+    """The dense heads of ``student`` and ``teacher`` run on levels of the same strides, else a
+    :class:`ConfigError` naming both (``what``: the target kind; ``why``: what needs them equal)."""
+    s_shapes, t_shapes = student.backbone.output_shape(), teacher.backbone.output_shape()
+    s_strides = [s_shapes[f].stride for f in student.head_in_features]
+    t_strides = [t_shapes[f].stride for f in teacher.head_in_features]
+    if s_strides != t_strides:
+        raise ConfigError(
+            f"{what}: student head levels {list(student.head_in_features)} (strides "
+            f"{s_strides}) and teacher head levels {list(teacher.head_in_features)} (strides "
+            f"{t_strides}) differ; {why}."
+        )
 
 
 def check_feature_names(names: Sequence[str], student: nn.Module, teacher: nn.Module, where: str):

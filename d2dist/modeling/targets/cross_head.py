@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..recorder import Recorder
-from .base import TARGET_KIND_REGISTRY, TargetKind
+from .base import TARGET_KIND_REGISTRY, TargetKind, check_head_strides
 
 __all__ = ["BRANCHES", "CrossHead", "CrossHeadTargets", "align_to"]
 
@@ -114,15 +114,10 @@ class CrossHeadTargets(TargetKind):
                     f"cls_subnet, bbox_subnet, cls_score, bbox_pred) in both networks; the {who} "
                     f"is a {type(model).__name__}."
                 )
+        check_head_strides(
+            student, t, "cross-head", "the teacher's head runs on the student's levels"
+        )
         s_shapes, t_shapes = student.backbone.output_shape(), t.backbone.output_shape()
-        s_strides = [s_shapes[f].stride for f in student.head_in_features]
-        t_strides = [t_shapes[f].stride for f in t.head_in_features]
-        if s_strides != t_strides:
-            raise ConfigError(
-                f"cross-head: student head levels {list(student.head_in_features)} (strides "
-                f"{s_strides}) and teacher head levels {list(t.head_in_features)} (strides "
-                f"{t_strides}) differ; the teacher's head runs on the student's levels."
-            )
         for branch, (_, predictor) in BRANCHES.items():
             ns = getattr(student.head, predictor).out_channels
             nt = getattr(t.head, predictor).out_channels

@@ -6,7 +6,14 @@ from typing import Dict, List
 
 from ...errors import ConfigError
 from ..recorder import Recorder
-from .base import TARGET_KIND_REGISTRY, LogitPair, crop_to_common, num_branches, repeat_batch
+from .base import (
+    TARGET_KIND_REGISTRY,
+    LogitPair,
+    check_head_strides,
+    crop_to_common,
+    num_branches,
+    repeat_batch,
+)
 from .logits import _LogitTargets
 
 __all__ = ["DenseLogits"]
@@ -23,15 +30,7 @@ class DenseLogits(_LogitTargets):
     def __init__(self, student, teacher, options, *, input_format):
         super().__init__(student, teacher, options, input_format=input_format)
         s, t = student, teacher.model
-        s_shapes, t_shapes = s.backbone.output_shape(), t.backbone.output_shape()
-        s_strides = [s_shapes[f].stride for f in s.head_in_features]
-        t_strides = [t_shapes[f].stride for f in t.head_in_features]
-        if s_strides != t_strides:
-            raise ConfigError(
-                f"dense logits: student head levels {list(s.head_in_features)} (strides "
-                f"{s_strides}) and teacher head levels {list(t.head_in_features)} (strides "
-                f"{t_strides}) differ; dense distillation pairs levels of equal stride."
-            )
+        check_head_strides(s, t, "dense logits", "dense distillation pairs levels of equal stride")
         ns, nt = s.head.cls_score.out_channels, t.head.cls_score.out_channels
         if ns != nt:
             raise ConfigError(
