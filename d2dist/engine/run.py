@@ -3,9 +3,10 @@ options, the device, the preparation of the run (subnormals, output directory, i
 interrupted saves left, Detectron2's ``default_setup``, d2dist's logger), and the launcher that
 turns d2dist's errors into one message and exit status 2."""
 
-import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
 from typing import Callable
 
@@ -78,28 +79,37 @@ def prepare_run(cfg, args, *, output_dir: str, device: str) -> None:
         args.output_dir_lock.acquire()
         remove_partials(output_dir)  # what an interrupted save of an earlier run left
     text = config_text(cfg) if comm.is_main_process() else ""
-    with keeping_earlier_config(output_dir, text, eval_only=args.eval_only):
-        # Detectron2 logs the config file highlighted for a terminal (colour codes in log.txt):
-        # it is given none, and the file is logged here as it is.
-        default_setup(cfg, _WithoutConfigFile(args))
-    if getattr(args, "config_file", "") and comm.is_main_process():
-        with open(args.config_file) as f:
-            logger.info(f"Contents of args.config_file={args.config_file}:\n{f.read()}")
+    with keeping_earlier_config(output_dir, text, eval_only=args.eval_only), _plain_text():
+        default_setup(cfg, args)
     # d2dist's own messages (teacher, resolved targets, DDP) into the console and log.txt too,
     # as Detectron2's projects do for theirs.
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="d2dist")
     log_subnormal_mode(flushed)
 
 
-class _WithoutConfigFile(argparse.Namespace):
-    """The entry point's arguments without ``config_file``, shown (logged) as they are."""
+class _PlainText(logging.Filter):
+    """Drops terminal colour codes from a record: Detectron2's ``default_setup`` logs the config
+    file and the full config highlighted for a terminal, which would put them into ``log.txt``."""
 
-    def __init__(self, args):
-        super().__init__(**{**vars(args), "config_file": ""})
-        self.__dict__["_given"] = args
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-    def __repr__(self) -> str:
-        return repr(self.__dict__["_given"])
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = self._ANSI.sub("", message), ()
+        return True
+
+
+@contextlib.contextmanager
+def _plain_text():
+    """Around ``default_setup`` only: its records without colour codes (the filter is removed
+    afterwards; Detectron2's logger is left as it was)."""
+    logger, plain = logging.getLogger("detectron2"), _PlainText()
+    logger.addFilter(plain)
+    try:
+        yield
+    finally:
+        logger.removeFilter(plain)
 
 
 def release_run(args) -> None:

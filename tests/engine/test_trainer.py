@@ -188,3 +188,28 @@ def test_a_d2dist_error_leaves_the_training_loop_without_its_traceback_unless_de
     with pytest.raises(ConfigError):
         with stopping_without_traceback():
             raise error
+
+
+def test_colour_codes_are_kept_out_of_the_logs_during_setup_only():
+    import logging
+
+    from d2dist.engine.run import _plain_text
+
+    logger = logging.getLogger("detectron2")
+    before = list(logger.filters)
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with _plain_text():
+            logger.warning("\x1b[38;5;197mMODEL\x1b[39m: x")
+        logger.warning("\x1b[1mafter\x1b[0m")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["MODEL: x", "\x1b[1mafter\x1b[0m"]
+    assert logger.filters == before  # Detectron2's logger as it was
