@@ -140,7 +140,7 @@ def test_upstream_lazyconfig_train_net_without_them_names_the_fix(lazy_setup, tm
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     with pytest.raises(
-        TeacherNotLoadedError, match=r"d2dist\.engine\.resume_or_load\(checkpointer"
+        TeacherNotLoadedError, match=r"d2dist\.checkpoint\.resume_or_load\(checkpointer"
     ):
         script.main(_lazy_args(LAZY_DISTILL, str(tmp_path / "run"), *distill, "train.max_iter=1",
                                f"train.init_checkpoint={plain}"))  # fmt: skip
