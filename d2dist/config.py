@@ -16,6 +16,7 @@ them is merged. d2dist takes them in two ways:
 Distillation terms declare their own namespaces under ``MODEL.DISTILL`` in their own files
 (:func:`register_distill_namespaces`); :func:`add_distill_config` writes the keys they share."""
 
+import contextlib
 import copy
 import difflib
 import importlib
@@ -28,8 +29,10 @@ from detectron2.config import get_cfg as _d2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
 from .errors import ConfigError, RunFault, a_type, os_error_cause
+from .file_io import PREFIX, local_path
 
 __all__ = [
+    "CfgNode",
     "DEEPLAB_HEAD_DEFAULTS",
     "add_d2dist_deeplab_config",
     "check_pixel_statistics",
@@ -169,9 +172,57 @@ def config_defaults(cfg: CN) -> CN:
     return defaults
 
 
+class CfgNode(CN):
+    """Detectron2's ``CfgNode`` whose files' ``_BASE_`` may also be a ``d2dist://`` path.
+
+    Detectron2 (through fvcore) takes a ``_BASE_`` that is not absolute or a URL as relative to
+    the file that names it, so ``_BASE_: "d2dist://configs/Base-RCNN-FPN.yaml"`` would become
+    ``<folder>/d2dist://configs/...``; this class reads it as the ``d2dist://`` path
+    (:func:`d2dist.file_io.local_path`), so a user's config can start from a config d2dist ships
+    wherever both are. :func:`get_cfg` returns one; ``clone()``, ``dump()``, pickling and merging
+    work as for Detectron2's.
+
+    Only the root of a config is of this class: its nodes stay Detectron2's ``CfgNode``, as the
+    nodes a project's ``add_*_config`` adds are (yacs merges a node only into one of the same
+    class). :func:`merge_config_file` reads ``d2dist://`` bases into a config of Detectron2's own
+    ``get_cfg()`` too.
+    """
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe: bool = False):
+        if isinstance(filename, str) and PREFIX in filename:
+            # fvcore has joined a d2dist:// _BASE_ to the folder of the file naming it.
+            filename = local_path(filename[filename.index(PREFIX) :])
+        return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+    @classmethod
+    def _create_config_tree_from_dict(cls, dic, key_list):
+        return CN._create_config_tree_from_dict(dic, key_list)  # nodes: Detectron2's class
+
+    @classmethod
+    def _decode_cfg_value(cls, value):
+        return CN._decode_cfg_value(value)  # a dict value: a node of Detectron2's class
+
+
+@contextlib.contextmanager
+def _reading_d2dist_bases(cfg: CN):
+    """Inside the block, ``cfg.merge_from_file`` reads ``d2dist://`` bases (see :class:`CfgNode`)
+    also when ``cfg`` is Detectron2's own ``CfgNode`` (a user's config): its class is d2dist's
+    subclass for the block's duration only."""
+    kind = type(cfg)
+    if isinstance(cfg, CfgNode) or kind is not CN:
+        yield
+        return
+    object.__setattr__(cfg, "__class__", CfgNode)  # (CfgNode's own __setattr__ sets config keys)
+    try:
+        yield
+    finally:
+        object.__setattr__(cfg, "__class__", kind)
+
+
 def _base_cfg() -> CN:
     """d2dist's own defaults: Detectron2's, DeepLab's with d2dist's DeepLab parts', FCOS's."""
-    cfg = _d2_get_cfg()
+    cfg = CfgNode(_d2_get_cfg())
     add_deeplab_config(cfg)
     add_d2dist_deeplab_config(cfg)
     add_fcos_config(cfg)
@@ -328,15 +379,17 @@ _V1_KEYS = ("MODEL.WEIGHT", "TEST.AUG_ON")
 
 def merge_config_file(cfg: CN, path: str, what: str, hint: str = PROJECT_KEYS) -> None:
     """``cfg.merge_from_file(path)``, with every fault as a :class:`ConfigError` that names
-    ``what`` (e.g. "config file 'x.yaml'"): invalid YAML, a top level that is not a mapping, a
+    ``what`` (e.g. "config file 'x.yaml'"), and ``d2dist://`` bases read whatever ``cfg``'s class
+    (:class:`CfgNode`): invalid YAML, a top level that is not a mapping, a
     missing ``_BASE_`` file, a ``_BASE_`` chain that loops, and, checked before anything is merged,
     an unknown key (with the closest valid key, then ``hint``) and a value of the wrong type (see
     :func:`merge_overrides`)."""
     try:
-        loaded = CN.load_yaml_with_base(path, allow_unsafe=True)
+        loaded = CfgNode.load_yaml_with_base(path, allow_unsafe=True)
         if isinstance(loaded, dict) and _latest_version(cfg, loaded):
             _check_tree(cfg, loaded, [], cfg, what, hint)
-        cfg.merge_from_file(path)  # (reads the file again: Detectron2's versions and upgrades)
+        with _reading_d2dist_bases(cfg):  # reads the file again: Detectron2's versions, upgrades
+            cfg.merge_from_file(path)
     except RecursionError:
         raise ConfigError(
             f"{what}: its _BASE_ chain loops (a file is its own base, directly or through others); "
@@ -347,7 +400,7 @@ def merge_config_file(cfg: CN, path: str, what: str, hint: str = PROJECT_KEYS) -
     except FileNotFoundError as e:
         raise ConfigError(
             f"{what}: the file {e.filename!r} it names (as _BASE_) does not exist; a _BASE_ path is "
-            "relative to the file that names it."
+            "relative to the file that names it, or a 'd2dist://configs/...' path."
         ) from e
     except OSError as e:  # unreadable: a permission, a directory, a device error
         raise RunFault(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Generate d2dist's synthetic shapes dataset now, instead of on first use.
 
-    python datasets/prepare_shapes.py                 # d2dist_shapes under $DETECTRON2_DATASETS
+    python datasets/prepare_shapes.py                 # d2dist_shapes where d2dist reads it
     python datasets/prepare_shapes.py --tiny          # d2dist_shapes_tiny (smoke tests)
     python datasets/prepare_shapes.py --root /data --name my_shapes --num-train 5000 --seed 1
 
@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from d2dist.data.builtin import BUILTIN_SHAPES
+from d2dist.data.builtin import BUILTIN_SHAPES, datasets_root
 from d2dist.data.shapes import MANIFEST, generate_shapes
 
 
@@ -26,8 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--root",
-        default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-        help="datasets directory (default: $DETECTRON2_DATASETS or ./datasets)",
+        default=datasets_root(),
+        help="datasets directory (default: where d2dist registers its built-in datasets: "
+        "$DETECTRON2_DATASETS, or the checkout's datasets/; see d2dist/data/builtin.py)",
     )
     parser.add_argument(
         "--name", help="dataset name (default: d2dist_shapes, or d2dist_shapes_tiny with --tiny)"

@@ -18,6 +18,7 @@ LAYERS = [
     ["d2dist.checkpoint"],
     ["d2dist.engine"],
     ["d2dist.study"],
+    ["d2dist.cli"],  # the tools' code (console scripts); nothing below imports it
     ["d2dist"],  # the package itself: what `import d2dist` loads
 ]
 # Inside the run layer, lowest first: the run directory, faults and checks; the trainer; what

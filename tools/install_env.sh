@@ -61,9 +61,13 @@ else
     packages+=("$dst" "${D2_PINS[@]}")
 fi
 
-echo "install_env: installing ${packages[*]:-} and requirements.txt"
-"${PIP[@]}" "${packages[@]}" -r requirements.txt || die "pip could not install the requirements (see above)"
-"${PIP[@]}" --no-deps --no-build-isolation -e . || die "pip could not install d2dist itself (see above)"
+# setuptools<81 first: setup.py builds with the venv's own setuptools (no isolated build, which
+# would fetch one), and Detectron2's model_zoo needs pkg_resources (see setup.py).
+echo "install_env: installing ${packages[*]:-} setuptools<81"
+"${PIP[@]}" "${packages[@]}" "setuptools<81" || die "pip could not install ${packages[*]:-} setuptools<81 (see above)"
+# d2dist, editable, with the dependencies setup.py declares and the tests' (requirements.txt).
+echo "install_env: installing requirements.txt (d2dist and its dependencies, from setup.py)"
+"${PIP[@]}" --no-build-isolation -r requirements.txt || die "pip could not install d2dist and its dependencies (see above)"
 
 "$VPY" - <<'PY' || die "the environment was installed but does not import; see the error above"
 import cv2, cityscapesscripts, detectron2, fvcore, matplotlib, pycocotools, pytest, torch, torchvision, tqdm

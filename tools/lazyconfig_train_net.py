@@ -4,15 +4,15 @@
     python tools/lazyconfig_train_net.py --config-file CONFIG.py [--num-gpus N] [--resume]
                                          [--eval-only] [key=value ...]
 
-The same flags and config layout as Detectron2's tools/lazyconfig_train_net.py; what d2dist adds
-(teacher loading, student-only initialisation, DDP on CPU processes, ...) is in
-d2dist/engine/lazy.py.
+A thin wrapper of d2dist.cli.lazyconfig_train_net;
+an installed d2dist runs it as ``d2dist-train-lazy``.
 """
 
 import sys
 
-from d2dist.engine import launch_cli
-from d2dist.engine.lazy import lazy_argument_parser, lazy_main
+from d2dist.cli.lazyconfig_train_net import console_main, lazy_main, main
+
+__all__ = ["console_main", "lazy_main", "main"]  # the tests call lazy_main and main
 
 if __name__ == "__main__":
-    sys.exit(launch_cli(lazy_main, lazy_argument_parser().parse_args()))
+    sys.exit(console_main())

@@ -4,18 +4,15 @@
     python tools/train_net.py --config-file CONFIG.yaml [--num-gpus N] [--resume] [--eval-only]
                               [--eval-teacher] [KEY VALUE ...]
 
-Plain Detectron2 configs (teachers, student baselines) and d2dist's distillation configs run
-through the same trainer, schedules and evaluators.
+A thin wrapper of d2dist.cli.train_net;
+an installed d2dist runs it as ``d2dist-train``.
 """
 
 import sys
 
-from d2dist.engine import argument_parser, launch_cli, setup, train_or_eval
+from d2dist.cli.train_net import console_main, main
 
-
-def main(args):
-    return train_or_eval(setup(args), args)
-
+__all__ = ["console_main", "main"]  # the tests call main
 
 if __name__ == "__main__":
-    sys.exit(launch_cli(main, argument_parser().parse_args()))
+    sys.exit(console_main())

@@ -6,16 +6,12 @@
 # exactly the student's augmented images, and its SimpleFeaturePyramid needs them within
 # 1024x1024. Untrained here (no COCO on this machine): no result is claimed.
 #   python tools/lazyconfig_train_net.py --config-file configs/COCO-InstanceSegmentation/distplus_mask_rcnn_R50_from_ViTDet_B_LSJ_1x.py --num-gpus 8
-import os
-
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
 from d2dist.modeling import Distiller, TermSpec, teacher_from_file
 
 from .mask_rcnn_ViTDet_B_100ep import dataloader
-
-HERE = os.path.dirname(__file__)
 
 student = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model  # R50-FPN, BGR
 dataloader.train.mapper.image_format = "BGR"  # the student's; the teacher gets them as RGB
@@ -24,7 +20,7 @@ dataloader.train.total_batch_size = 16
 model = L(Distiller)(
     student=student,
     teacher=L(teacher_from_file)(
-        config_file=os.path.join(HERE, "mask_rcnn_ViTDet_B_100ep.py"),
+        config_file="d2dist://configs/COCO-InstanceSegmentation/mask_rcnn_ViTDet_B_100ep.py",
         weights="detectron2://ViTDet/COCO/mask_rcnn_vitdet_b/f325346929/model_final_61ccd1.pkl",
     ),
     terms=[

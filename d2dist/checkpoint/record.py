@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 from ..errors import UNREADABLE_CHECKPOINT, ConfigError, a_type
+from ..file_io import PREFIX, local_path
 
 __all__ = [
     "ALLOWED_CHANGES",
@@ -137,11 +138,12 @@ def config_files(path: str) -> List[str]:
     """The files a config file is built from: ``path``, then, for a yacs ``.yaml`` file, its
     ``_BASE_`` chain (each base after the file that names it, resolved as Detectron2 resolves it),
     or, for a LazyConfig ``.py`` file, the files it imports relatively (``from .common import x``,
-    as ``LazyConfig.load`` finds them), recursively. URLs and files that cannot be read are left
-    out (building from them reports them)."""
+    as ``LazyConfig.load`` finds them), recursively; ``d2dist://`` paths as the files they name.
+    URLs and files that cannot be read are left out (building from them reports them)."""
     files: List[str] = []
 
     def visit(file: str) -> None:
+        file = _local(file)
         if file in files or not os.path.isfile(file):
             return
         files.append(file)
@@ -171,6 +173,14 @@ def yaml_tree(path: str) -> dict:
     return tree if isinstance(tree, dict) else {}
 
 
+def _local(path: str) -> str:
+    """The file a ``d2dist://`` path names (as given where it names none)."""
+    try:
+        return local_path(path)
+    except FileNotFoundError:
+        return path
+
+
 def _bases(path: str) -> List[str]:
     tree = yaml_tree(path)
     bases = tree.get("_BASE_")
@@ -179,6 +189,9 @@ def _bases(path: str) -> List[str]:
     for base in (b for b in bases if isinstance(b, str)):
         base = os.path.expanduser(base) if base.startswith("~") else base
         if base.startswith(("https://", "http://")):
+            continue
+        if base.startswith(PREFIX):  # d2dist.config.CfgNode reads it so
+            out.append(_local(base))
             continue
         out.append(base if base.startswith("/") else os.path.join(os.path.dirname(path), base))
     return out

@@ -1,12 +1,18 @@
 """Registration of d2dist's built-in datasets in Detectron2's catalogs.
 
-Importing this module registers, under ``$DETECTRON2_DATASETS`` (default ``datasets``, exactly as
-Detectron2's own built-in datasets), the synthetic shapes datasets of :mod:`.shapes`:
+Importing this module registers, under :func:`datasets_root`, the synthetic shapes datasets of
+:mod:`.shapes`:
 
 - ``d2dist_shapes_{train,val}``: COCO instances (``evaluator_type="coco"``);
 - ``d2dist_shapes_{train,val}_sem_seg``: semantic labels of the same images
   (``evaluator_type="sem_seg"``; 0 is background, class ``i`` is ``i + 1``);
 - the same four for ``d2dist_shapes_tiny``, a few 64-pixel images for smoke tests.
+
+The root is ``$DETECTRON2_DATASETS`` when it is set (Detectron2's variable, which also places its
+own built-in datasets); otherwise one folder, whatever the working directory: the checkout's
+``datasets/`` when d2dist runs from a checkout, and ``$XDG_CACHE_HOME/d2dist/datasets`` (default
+``~/.cache/d2dist/datasets``) for an installed d2dist. (Detectron2's own default, ``./datasets``
+relative to the working directory, would generate a new copy in each folder a run starts from.)
 
 Nothing is generated at registration. A dataset is generated the first time it is loaded
 (``DatasetCatalog.get``) or when :func:`ensure_generated` is called, e.g. by an evaluator that
@@ -20,9 +26,16 @@ from typing import Dict, List, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
+from ..file_io import checkout
 from .shapes import CLASSES, SPLITS, ShapesSpec, generate_shapes
 
-__all__ = ["BUILTIN_SHAPES", "ensure_generated", "register_all_shapes", "register_shapes"]
+__all__ = [
+    "BUILTIN_SHAPES",
+    "datasets_root",
+    "ensure_generated",
+    "register_all_shapes",
+    "register_shapes",
+]
 
 BUILTIN_SHAPES: Dict[str, ShapesSpec] = {
     # Sized for from-scratch training on a CPU in minutes (see configs/Shapes-Detection/).
@@ -165,5 +178,17 @@ def register_all_shapes(root: str) -> None:
         register_shapes(name, root, spec)
 
 
-_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-register_all_shapes(_root)
+def datasets_root() -> str:
+    """The folder the built-in datasets are registered under (see the module docstring):
+    ``$DETECTRON2_DATASETS``, else the checkout's ``datasets/``, else the user's cache."""
+    given = os.getenv("DETECTRON2_DATASETS")
+    if given:
+        return os.path.expanduser(given)
+    root = checkout()
+    if root is not None:
+        return os.path.join(root, "datasets")
+    cache = os.getenv("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "d2dist", "datasets")
+
+
+register_all_shapes(datasets_root())

@@ -10,7 +10,7 @@ docs/architecture.md.
 
 from .configs import data_config, for_evaluation, student_config
 from .defaults import argument_parser, load_config, setup, train_or_eval
-from .export import export_student
+from .export import export_lazy_student, export_student, run_checkpoint
 from .run import launch_cli
 from .subnormals import flush_subnormals
 from .trainer import DistillationMixin, Trainer, create_ddp_model
@@ -21,11 +21,13 @@ __all__ = [
     "argument_parser",
     "create_ddp_model",
     "data_config",
+    "export_lazy_student",
     "export_student",
     "flush_subnormals",
     "for_evaluation",
     "launch_cli",
     "load_config",
+    "run_checkpoint",
     "setup",
     "student_config",
     "train_or_eval",

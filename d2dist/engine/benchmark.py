@@ -216,7 +216,7 @@ def measurement_parser(doc: str, *, iters: int, iters_help: str, random_help: st
     import argparse
 
     parser = argparse.ArgumentParser(
-        description=doc.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--iters", type=int, default=iters, help=f"{iters_help} (default {iters})")

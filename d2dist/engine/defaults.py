@@ -10,6 +10,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser, hooks
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from ..checkpoint import EvalCheckpointer, resume_or_load
 from ..checkpoint.record import config_files, yaml_tree
@@ -44,8 +45,8 @@ logger = logging.getLogger(__name__)
 _PROJECT_KEYS = (
     " A key of a Detectron2 project (PointRend, Panoptic-DeepLab, your own) needs that project's "
     "config function: pass --config-function MODULE.FUNCTION, e.g. --config-function "
-    "detectron2.projects.point_rend.add_pointrend_config (README, 'Using d2dist in your "
-    "project'). A dataset of your own in COCO format needs no key: --coco-dataset NAME "
+    "detectron2.projects.point_rend.add_pointrend_config (docs/own_project.md, 'Project keys'). "
+    "A dataset of your own in COCO format needs no key: --coco-dataset NAME "
     "ANNOTATIONS.json IMAGE_DIR registers it."
 )
 
@@ -232,10 +233,15 @@ def load_config(
     """
     if not config_file:
         raise ConfigError("--config-file is required: the YAML config of the model to train.")
-    if not os.path.isfile(config_file):
+    try:
+        exists = PathManager.isfile(config_file)  # a path, or d2dist://configs/... (file_io)
+    except FileNotFoundError as e:  # d2dist:// in an installed d2dist without its configs
+        raise ConfigError(f"--config-file: {e}") from e
+    if not exists:
         raise ConfigError(
             f"--config-file {config_file!r} does not exist (working directory: "
-            f"{os.getcwd()}). Configs that ship with d2dist are under configs/."
+            f"{os.getcwd()}). Configs that ship with d2dist are under configs/, from anywhere "
+            "d2dist://configs/<path>."
         )
     register_coco_datasets(coco_datasets)
     cfg = get_cfg(*config_functions)

@@ -1,4 +1,18 @@
-"""Export the student of a Distiller run as a plain Detectron2 checkpoint and config."""
+"""Export the student of a Distiller run as a plain Detectron2 checkpoint and config.
+
+The Python side of ``d2dist-export`` (``tools/export_student.py``)::
+
+    from d2dist.config import get_cfg
+    from d2dist.engine import export_student, run_checkpoint
+
+    cfg = get_cfg()
+    cfg.merge_from_file("output/my_run/config.yaml")  # the run's own config (all its overrides)
+    weights, config = export_student(cfg, run_checkpoint("output/my_run"), "student.pth")
+
+``weights`` (``student.pth``) and ``config`` (``student.yaml``) are then plain Detectron2: e.g.
+``c = detectron2.config.get_cfg(); c.merge_from_file(config); DefaultPredictor(c)``. A LazyConfig
+run exports with :func:`export_lazy_student` (same arguments; a ``LazyConfig.load``-ed config).
+"""
 
 import copy
 import logging
@@ -215,6 +229,19 @@ def export_student(
     cfg: CfgNode, checkpoint: str, output: str, *, overwrite: bool = False
 ) -> Tuple[str, str]:
     """Write the student's weights to ``output`` (.pth) and its config next to it (.yaml).
+
+    Example (see the module docstring)::
+
+        weights, config = export_student(cfg, "output/my_run/model_final.pth", "student.pth")
+
+    Args:
+        cfg: the run's config: a Distiller config (e.g. the run directory's ``config.yaml``
+            merged into :func:`d2dist.config.get_cfg`, with the project's config functions the
+            run used).
+        checkpoint: a checkpoint of that run (:func:`run_checkpoint` gives the last one).
+        output: the weights file to write; the config goes to the same name with ``.yaml``.
+        overwrite: replace the files of an earlier export at ``output`` (otherwise a
+            :class:`~d2dist.errors.ConfigError`).
 
     The weights are the student's entries of a Distiller checkpoint (see
     :func:`~d2dist.modeling.meta_arch.state.split_distiller_state`): no teacher, adapters or

@@ -34,6 +34,7 @@ from ..checkpoint import (
 )
 from ..data.checks import checked_dataset_dicts
 from ..errors import ConfigError
+from ..file_io import local_path
 from .configs import for_evaluation, lazy_target
 from .data_checks import check_lazy_classes
 from .faults import CheckedMapper, preemption_hooks, stopping_on_signals
@@ -70,6 +71,10 @@ def load_lazy_config(path: str, opts: Sequence[str], *, training: bool = True):
     Every problem is a :class:`ConfigError` that says how to fix it."""
     if not path:
         raise ConfigError("--config-file is required: the LazyConfig (.py) file of the run.")
+    try:
+        path = local_path(path)  # d2dist://configs/...: the file (relative imports beside it)
+    except FileNotFoundError as e:  # d2dist:// in an installed d2dist without its configs
+        raise ConfigError(f"--config-file: {e}") from e
     if not os.path.isfile(path):
         raise ConfigError(
             f"--config-file {path!r} does not exist (working directory {os.getcwd()})"

@@ -21,6 +21,7 @@ two models' ``output_shape()``.
 import os
 from typing import Optional, Sequence
 
+from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from ..config import get_cfg, merge_config_file, merge_overrides
@@ -57,10 +58,11 @@ def teacher_from_file(
 def yacs_model(
     config_file: str, *, opts: Sequence[str] = (), config_functions: Sequence[str] = ()
 ) -> nn.Module:
-    """The (untrained) model of a yacs config file, for a LazyConfig Distiller's ``student``."""
+    """The (untrained) model of a yacs config file (a path, or ``d2dist://configs/...``), for a
+    LazyConfig Distiller's ``student``."""
     cfg = get_cfg(*config_functions)
     what = f"yacs_model({config_file!r})"
-    if not os.path.isfile(config_file):
+    if not PathManager.isfile(config_file):
         raise ConfigError(
             f"{what}: the config file does not exist (working directory {os.getcwd()})"
         )
