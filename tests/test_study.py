@@ -1,5 +1,6 @@
 """The study (d2dist.study; tools/study.py and tools/demo.py are thin): reading runs, planning and
-fingerprints, aggregation, the report, and --quick end to end."""
+fingerprints, aggregation, the report (one seed reads as one seed), running (progress, threads,
+stored results), and --quick end to end: the study, then the demo on its runs."""
 
 import json
 import math
@@ -21,12 +22,22 @@ from d2dist.study import (
     aggregate,
     code_fingerprint,
     default_output_dir,
+    demo_main,
     plan,
+    runner,
     study_main,
     table,
     write_report,
 )
 from d2dist.study.report import METRICS
+from d2dist.study.runner import (
+    Progress,
+    describe_threads,
+    read_finished,
+    run_jobs,
+    thread_env,
+    threads_per_run,
+)
 from d2dist.study.runs import loss_curves, max_iter, read_metrics, training_minutes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +99,9 @@ def test_every_task_and_method_names_an_existing_config():
         for m in task.methods:
             assert os.path.isfile(os.path.join(REPO, m.config)), m.config
     assert DEMO_TASKS == ("faster_rcnn",)
-    assert DEMO_METHODS == ("baseline", "reviewkd", "dist", "distplus")
+    # The strongest two of the study (docs/results.md: PKD +4.7, MGD +4.6) and DIST, the method
+    # d2dist was built around.
+    assert DEMO_METHODS == ("baseline", "pkd", "mgd", "dist")
 
 
 def test_plan_trains_each_teacher_once_then_every_method_per_seed(tmp_path):
@@ -174,7 +187,7 @@ def test_plan_rejects_unknown_tasks_methods_and_no_seeds(tmp_path):
 
 @pytest.mark.slow
 def test_the_tools_are_thin_and_fail_with_status_2_on_bad_arguments():
-    for tool in ("study", "demo"):
+    for tool in ("study", "demo", "visualize"):
         with open(os.path.join(REPO, "tools", f"{tool}.py")) as f:
             text = f.read()
         assert "sys.path" not in text and len(text.splitlines()) < 30
@@ -285,13 +298,204 @@ def test_the_chart_legend_sits_beside_the_bars(tmp_path, monkeypatch):
     assert legends == [True]
 
 
+def test_one_seed_reads_as_one_seed_in_the_table_report_and_chart(tmp_path, monkeypatch):
+    """One run per method: its AP, no mean, spread, verdict or error bars (the study keeps them)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    charts = []
+    original = plt.Figure.savefig
+
+    def capture(fig, *args, **kwargs):
+        for ax in fig.axes:
+            if ax.patches:  # the bar chart
+                errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+                charts.append((len(errorbars), [t.get_text() for t in ax.get_legend().texts]))
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", capture)
+    jobs = [_job("baseline", 1, 10.0), _job("pkd", 1, 14.0)]
+    text = table(aggregate(jobs, "faster_rcnn"))
+    header = text.splitlines()[0]
+    assert "box AP " in header and "mean" not in header and "std" not in header
+    assert "verdict" not in header and "per seed" not in header
+    assert "| +4.0 " in text
+    path = write_report(jobs, str(tmp_path / "runs"), str(tmp_path / "report"), prefix="demo",
+                        invocation="d2dist-demo", wall_min=1.0, parallel=2,
+                        threads="1 thread(s) per run", next_steps=["- Export it."])  # fmt: skip
+    report = open(path).read()
+    assert "One seed (1)" in report and "(1 thread(s) per run)" in report
+    assert "mean" not in report and "±" not in report and "std" not in report
+    assert "## Next steps\n\n- Export it.\n" in report
+    assert charts == [(0, ["students (seed 1)"])]
+    # Several seeds keep the spread: error bars, and the mean ± std legend.
+    charts.clear()
+    jobs += [_job("baseline", 2, 11.0), _job("pkd", 2, 15.0)]
+    write_report(jobs, str(tmp_path / "runs"), str(tmp_path / "report"), prefix="study",
+                 invocation="d2dist-study", wall_min=1.0, parallel=2)  # fmt: skip
+    assert charts == [(1, ["students (mean ± std over seeds)"])]
+    assert "box AP mean" in table(aggregate(jobs, "faster_rcnn"))
+
+
+# ---- running: progress, threads, stored results --------------------------------------------------
+def test_progress_moves_between_records_at_a_steady_pace():
+    """metrics.json gets a record every 20 iterations; the bar moves on at the recorded pace in
+    between, never past the next record nor backwards, with a time left that does not swing."""
+    progress = Progress(total=100)
+    assert progress.estimate(0.0) == (0, "starting")  # building the model, loading the data
+    progress.observe([{"iteration": 19, "time": 0.5}], now=30.0)  # a slow start does not count
+    assert progress.estimate(30.0) == (20, "00:40 left, 0.50 s/it")
+    assert progress.estimate(32.0) == (24, "00:38 left, 0.50 s/it")  # every poll, it moves
+    assert progress.estimate(60.0)[0] == 39  # never past the next record
+    progress.observe([{"iteration": 19, "time": 0.5}, {"iteration": 39, "time": 0.5}], now=61.0)
+    assert progress.estimate(61.0) == (40, "00:30 left, 0.50 s/it")
+    progress.observe([{"iteration": 59, "time": 0.5}], now=62.0)  # a record arrives early
+    assert progress.estimate(62.0)[0] == 60
+    slower = [{"iteration": i, "time": 0.5} for i in (19, 39, 59)] + [{"iteration": 79, "time": 2}]
+    progress.observe(slower, now=70.0)  # one slow window: the median pace holds
+    assert progress.estimate(70.0) == (80, "00:10 left, 0.50 s/it")
+    progress.observe([{"iteration": 99, "time": 0.5}], now=80.0)
+    assert progress.estimate(80.0) == (100, "evaluating")
+    # Without step times: the wall clock between records; a resumed run starts where it was.
+    plain = Progress(total=100)
+    plain.observe([{"iteration": 19}], now=0.0)
+    assert plain.estimate(5.0) == (20, "")
+    plain.observe([{"iteration": 19}, {"iteration": 39}], now=10.0)
+    assert plain.estimate(11.0) == (42, "00:29 left, 0.50 s/it")
+    resumed = Progress(total=100, earlier=1)
+    resumed.observe([{"iteration": 59, "time": 0.5}], now=0.0)
+    assert resumed.estimate(5.0) == (60, "starting")
+    finished = Progress(total=100, earlier=1)  # an earlier run that finished: only evaluated
+    finished.observe([{"iteration": 99, "time": 0.5}], now=0.0)
+    assert finished.estimate(5.0) == (100, "evaluating")
+
+
+def test_parallel_runs_split_the_cores_unless_the_user_chose(monkeypatch):
+    monkeypatch.setattr(runner, "cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert threads_per_run(2) == (4, 8) and threads_per_run(16) == (1, 8)
+    env = thread_env(4)
+    assert env["OMP_NUM_THREADS"] == "4" and env["MKL_NUM_THREADS"] == "4"
+    assert describe_threads(2).startswith("4 thread(s) per run side by side (8 cores / 2 run(s)")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_env(4)["OMP_NUM_THREADS"] == "3" and "MKL_NUM_THREADS" not in thread_env(4)
+    assert describe_threads(2) == "every run with OMP_NUM_THREADS=3, as set in the environment"
+
+
+FAKE_TRAIN_NET = """
+import json, os, sys
+out, resume = sys.argv[1], sys.argv[2] == "1"
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "calls.txt"), "a") as f:
+    f.write(("evaluate" if resume else "train") + " " + os.environ["OMP_NUM_THREADS"] + "\\n")
+final = os.path.join(out, "model_final.pth")
+with open(os.path.join(out, "config.yaml"), "w") as f:  # as every start of a run writes it
+    f.write("SOLVER:\\n  MAX_ITER: 40\\n")
+if not resume:
+    with open(os.path.join(out, "metrics.json"), "a") as f:
+        for it in (19, 39):
+            f.write(json.dumps({"iteration": it, "time": 0.01, "loss_cls": 1.0}) + "\\n")
+    with open(final, "wb") as f:
+        f.write(b"weights")
+with open(final, "rb") as f:
+    ap = float(len(f.read()))  # the model's "AP": its checkpoint's size
+with open(os.path.join(out, "metrics.json"), "a") as f:
+    f.write(json.dumps({"bbox/AP": ap, **{f"bbox/{k}": ap for k in METRICS}}) + "\\n")
+"""
+
+
+def test_finished_runs_are_read_not_evaluated_again_unless_config_or_checkpoint_changed(
+    tmp_path, monkeypatch, capsys
+):
+    """Each run is a tools/train_net.py stand-in that counts its calls: a finished run's stored
+    results are read while its config.yaml and model_final.pth are unchanged."""
+    script = tmp_path / "fake_train_net.py"
+    script.write_text(f"METRICS = {METRICS!r}\n" + FAKE_TRAIN_NET)
+
+    def command(job, root, resume=False):
+        return [sys.executable, str(script), os.path.join(root, job.name), str(int(resume))]
+
+    monkeypatch.setattr(runner, "command", command)
+    monkeypatch.setattr(runner, "POLL_S", 0.05)
+    monkeypatch.setattr(runner, "cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    out = tmp_path / "runs"
+
+    def jobs():
+        teacher = Job("faster_rcnn/teacher", "faster_rcnn", "t.yaml", [], fingerprint="t1")
+        student = _job("dist", 1, 0.0)
+        student.results, student.needs_teacher, student.fingerprint = {}, True, "s1"
+        return [teacher, student]
+
+    def calls(name):
+        return (out / name / "calls.txt").read_text().splitlines()
+
+    first = jobs()
+    run_jobs(first, str(out), parallel=2, fresh=False)
+    assert [j.results["bbox/AP"] for j in first] == [7.0, 7.0]
+    assert calls("faster_rcnn/teacher") == ["train 4"]  # alone: every core
+    assert calls("faster_rcnn/dist/seed1") == ["train 2"]  # side by side: its share
+    capsys.readouterr()
+
+    again = jobs()
+    run_jobs(again, str(out), parallel=2, fresh=False)
+    assert [j.results for j in again] == [j.results for j in first]
+    assert calls("faster_rcnn/teacher") == ["train 4"] and calls("faster_rcnn/dist/seed1") == [
+        "train 2"
+    ]  # nothing ran
+    assert "2 of 2 run(s) finished earlier" in capsys.readouterr().out
+    read = jobs()
+    read_finished(read, str(out))  # --report-only reads the same
+    assert [j.results for j in read] == [j.results for j in first]
+
+    # A checkpoint with other bytes is evaluated again; one merely touched is not.
+    with open(out / "faster_rcnn/teacher/model_final.pth", "wb") as f:
+        f.write(b"other weights")
+    os.utime(out / "faster_rcnn/dist/seed1/model_final.pth", ns=(0, 0))
+    changed = jobs()
+    run_jobs(changed, str(out), parallel=2, fresh=False)
+    assert calls("faster_rcnn/teacher") == ["train 4", "evaluate 4"]
+    assert changed[0].results["bbox/AP"] == 13.0
+    assert calls("faster_rcnn/dist/seed1") == ["train 2"]
+    # A changed config.yaml is evaluated again (the run rewrites it from the job's config).
+    with open(out / "faster_rcnn/dist/seed1/config.yaml", "a") as f:
+        f.write("SEED: 5\n")
+    run_jobs(jobs(), str(out), parallel=2, fresh=False)
+    assert calls("faster_rcnn/dist/seed1") == ["train 2", "evaluate 2"]
+    assert calls("faster_rcnn/teacher") == ["train 4", "evaluate 4"]
+    # Another run of the job (other code, config, seed or teacher) trains anew.
+    other = jobs()
+    other[1].fingerprint = "s2"
+    run_jobs(other, str(out), parallel=2, fresh=False)
+    assert calls("faster_rcnn/dist/seed1") == ["train 2"]  # a new directory
+    assert calls("faster_rcnn/teacher") == ["train 4", "evaluate 4"]
+
+
 # ---- --quick, end to end (real runs of two iterations) ------------------------------------------
+QUICK = ["--quick", "--tasks", "faster_rcnn", "--methods", "baseline", "dist"]
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    """A --quick study of two seeds (so one seed) of the teacher, the baseline and DIST, run once
+    for the tests below: ``(runs folder, report folder, its jobs)``."""
+    root = tmp_path_factory.mktemp("quick")
+    out, report = root / "runs", root / "report"
+    jobs = study_main([*QUICK, "--seeds", "4", "5", "--jobs", "2", "--output-dir", str(out),
+                       "--report", str(report), *TINY])  # fmt: skip
+    return out, report, jobs
+
+
+def _logs(out, jobs):
+    """The size of each run's logs: a run started again (trained or evaluated) makes them grow."""
+    return {j.name: [os.path.getsize(out / j.name / f) for f in ("stdout.txt", "log.txt")]
+            for j in jobs}  # fmt: skip
+
+
 @pytest.mark.slow
-def test_quick_study_trains_the_teacher_then_the_runs_and_writes_the_report(tmp_path):
-    out, report = tmp_path / "runs", tmp_path / "report"
-    jobs = study_main(["--quick", "--tasks", "faster_rcnn", "--seeds", "4", "5", "--methods",
-                       "baseline", "dist", "--jobs", "2", "--output-dir", str(out), "--report",
-                       str(report), *TINY])  # fmt: skip
+def test_quick_study_trains_the_teacher_then_the_runs_and_writes_the_report(quick_study):
+    out, report, jobs = quick_study
     assert [j.name for j in jobs] == ["faster_rcnn/teacher", "faster_rcnn/baseline/seed4",
                                       "faster_rcnn/dist/seed4"]  # one seed  # fmt: skip
     for job in jobs:
@@ -303,13 +507,15 @@ def test_quick_study_trains_the_teacher_then_the_runs_and_writes_the_report(tmp_
     text = (report / "results_quick.md").read_text()
     assert "| student baseline" in text and "| DIST (RoI logits)" in text
     assert (report / "results_quick_faster_rcnn_ap.png").is_file()
-    # A second study reuses the finished runs: it only re-evaluates them.
+    # A second study reads the finished runs' stored results: no run starts again, not even to
+    # evaluate (their logs do not grow).
     mtime = os.path.getmtime(out / "faster_rcnn/dist/seed4" / "model_final.pth")
-    again = study_main(["--quick", "--tasks", "faster_rcnn", "--seeds", "4", "--methods",
-                        "baseline", "dist", "--output-dir", str(out), "--report", str(report),
+    logs = _logs(out, jobs)
+    again = study_main([*QUICK, "--seeds", "4", "--output-dir", str(out), "--report", str(report),
                         *TINY])  # fmt: skip
     assert {j.name: j.results["bbox/AP"] for j in again} == first
     assert os.path.getmtime(out / "faster_rcnn/dist/seed4" / "model_final.pth") == mtime
+    assert _logs(out, jobs) == logs
     # --report-only reads the finished runs and trains nothing; unfinished runs are named.
     args = ["--quick", "--tasks", "faster_rcnn", "--output-dir", str(out), "--report",
             str(report / "again"), *TINY]  # fmt: skip
@@ -323,12 +529,42 @@ def test_quick_study_trains_the_teacher_then_the_runs_and_writes_the_report(tmp_
 
 
 @pytest.mark.slow
+def test_the_demo_reads_one_seed_with_pictures_and_next_steps(quick_study, tmp_path, capsys):
+    """The demo on the study's finished runs: it reads their stored results (starts nothing),
+    speaks of one seed, draws the predictions and closes with the next steps."""
+    out, _, jobs = quick_study
+    first = {j.name: j.results["bbox/AP"] for j in jobs}
+    logs = _logs(out, jobs)
+    capsys.readouterr()
+    demo = demo_main(["--quick", "--methods", "baseline", "dist", "--seeds", "4", "--output-dir",
+                      str(out), "--report", str(tmp_path), *TINY])  # fmt: skip
+    assert {j.name: j.results["bbox/AP"] for j in demo} == first
+    assert _logs(out, jobs) == logs
+    printed = capsys.readouterr().out
+    text = (tmp_path / "demo.md").read_text()
+    for shown in (printed, text):
+        assert "box AP mean" not in shown and "mean ± std" not in shown and "| std" not in shown
+        assert "verdict" not in shown and "per seed" not in shown
+        assert "d2dist-export --run-dir" in shown and "python tools/export_student.py" in shown
+        assert "docs/getting_started.md" in shown
+    assert "One seed (4)" in text
+    assert "thread(s) per run" in text or "OMP_NUM_THREADS=" in text  # the threads of the runs
+    assert "Next steps:" in printed and str(out / "faster_rcnn/dist/seed4") in printed
+    assert "## Next steps" in text and "## Predictions" in text
+    pictures = [tmp_path / f"demo_predictions_{k}.png" for k in (1, 2, 3)]
+    for png in pictures:
+        assert f"]({png.name})" in text
+        with open(png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "study_results.json" in printed  # says that it read stored results
+
+
+@pytest.mark.slow
 def test_the_demo_runs_the_demo_defaults(monkeypatch):
     seen = {}
     monkeypatch.setattr("d2dist.study.cli.study_main",
                         lambda argv, defaults: seen.update(defaults, argv=argv))  # fmt: skip
-    from d2dist.study import demo_main
-
     demo_main(["--jobs", "1"])
     assert seen["tasks"] == DEMO_TASKS and seen["methods"] == DEMO_METHODS
     assert seen["seeds"] == [1] and seen["argv"] == ["--jobs", "1"]
+    assert seen["pictures"] and seen["next_steps"]  # closes with pictures and next steps

@@ -1,19 +1,17 @@
 #!/usr/bin/env python
-"""d2dist's main job on the built-in dataset (d2dist.study.demo_main): the study's short version.
+"""d2dist's main job on the built-in dataset, the study's short version: ``make demo``.
 
     python tools/demo.py [--output-dir output/study] [--fresh] [--jobs 2] [--device cpu|cuda]
                          [KEY VALUE ...]
 
-One seed of the Faster R-CNN task: the teacher, the student baseline, ReviewKD, DIST on RoI logits
-and the DIST+ reconstruction, each an ordinary tools/train_net.py run with a progress bar,
-evaluated with Detectron2's COCOEvaluator; the table is printed and written with its charts to
-output/demo/demo.md. Runs share --output-dir with the study, so a later `make study` reuses them
-(and `make demo` reuses finished runs). Every option of tools/study.py works here too.
+One seed of the Faster R-CNN task: the teacher, the student baseline, PKD and MGD (the methods the
+study finds strongest) and DIST on RoI logits; the table, charts, pictures of predictions and next
+steps go to output/demo/demo.md. A thin wrapper of d2dist.cli.demo (installed: ``d2dist-demo``).
 """
 
 import sys
 
-from d2dist.study import demo_main, main
+from d2dist.cli.demo import main
 
 if __name__ == "__main__":
-    sys.exit(main(demo_main))
+    sys.exit(main())

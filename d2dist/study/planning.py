@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 
 from ..errors import ConfigError
-from ..file_io import CHECKOUT
+from ..file_io import CHECKOUT, PREFIX, local_path, project_dir
 from .tasks import TASKS, Method
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "StudyError",
     "code_fingerprint",
     "command",
+    "config_path",
     "default_output_dir",
     "fingerprint",
     "plan",
@@ -28,7 +29,7 @@ __all__ = [
     "shell_command",
 ]
 
-TRAIN_NET = os.path.join(CHECKOUT, "tools", "train_net.py")
+TRAIN_NET = os.path.join(CHECKOUT, "tools", "train_net.py")  # in a checkout
 QUICK_ITERS = {"teacher": 100, "student": 50}  # --quick schedules (iterations)
 
 
@@ -38,7 +39,20 @@ class StudyError(RuntimeError):
 
 def default_output_dir(quick: bool) -> str:
     """Where the runs go: a --quick smoke check never displaces (moves aside) the study's runs."""
-    return os.path.join(CHECKOUT, "output", "study-quick" if quick else "study")
+    return os.path.join(project_dir(), "output", "study-quick" if quick else "study")
+
+
+def config_path(config: str) -> str:
+    """The file of a shipped config named as in :mod:`.tasks` (``configs/...``): the checkout's,
+    or an installed d2dist's copy inside its package (what ``d2dist://configs/...`` names)."""
+    return local_path(PREFIX + config)
+
+
+def _train_net() -> List[str]:
+    """How a run starts: the checkout's tools/train_net.py, or an installed d2dist's module."""
+    if os.path.isfile(TRAIN_NET):
+        return [sys.executable, TRAIN_NET]
+    return [sys.executable, "-m", "d2dist.cli.train_net"]
 
 
 def _schedule_opts(max_iter: int) -> List[str]:
@@ -75,7 +89,8 @@ def code_fingerprint() -> str:
 
     h = hashlib.sha256(f"{torch.__version__}\0{detectron2.__version__}".encode())
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = [("tools/train_net.py", TRAIN_NET)] + sorted(
+    tools = [("tools/train_net.py", TRAIN_NET)] if os.path.isfile(TRAIN_NET) else []
+    files = tools + sorted(
         (os.path.relpath(os.path.join(root, f), package), os.path.join(root, f))
         for root, _, names in os.walk(package)
         for f in names
@@ -94,14 +109,19 @@ def _config_text(path: str) -> str:
         text = f.read()
     base = (yaml.safe_load(text) or {}).get("_BASE_")
     if base:
-        text = _config_text(os.path.join(os.path.dirname(path), base)) + text
+        base = (
+            local_path(base)
+            if base.startswith(PREFIX)
+            else os.path.join(os.path.dirname(path), base)
+        )
+        text = _config_text(base) + text
     return text
 
 
 def fingerprint(config: str, opts: Sequence[str], teacher: str = "") -> str:
     """What makes a run what it is: the code that trains (:func:`code_fingerprint`), its config
     file with its _BASE_ chain, its overrides and its teacher's fingerprint."""
-    payload = [code_fingerprint(), _config_text(os.path.join(CHECKOUT, config)), *opts, teacher]
+    payload = [code_fingerprint(), _config_text(config_path(config)), *opts, teacher]
     return hashlib.sha256("\0".join(payload).encode()).hexdigest()[:16]
 
 
@@ -163,7 +183,7 @@ def run_dir(job: Job, out_root: str) -> str:
 
 def command(job: Job, out_root: str, resume: bool = False) -> List[str]:
     """The job's ``tools/train_net.py`` command line (as an argument list)."""
-    cmd = [sys.executable, TRAIN_NET, "--config-file", os.path.join(CHECKOUT, job.config)]
+    cmd = _train_net() + ["--config-file", config_path(job.config)]
     out = run_dir(job, out_root)
     return cmd + (["--resume"] if resume else []) + [*job.opts, "OUTPUT_DIR", out]
 
@@ -172,9 +192,11 @@ def shell_command(job: Job, out_root: str) -> str:
     """The job's command as one line that pastes into a shell as it is, from the checkout: paths
     inside it relative, every argument quoted where the shell needs it (tuples, lists, spaces)."""
 
+    base = project_dir()
+
     def rel(arg: str) -> str:
-        inside = os.path.isabs(arg) and arg.startswith(CHECKOUT + os.sep)
-        return os.path.relpath(arg, CHECKOUT) if inside else arg
+        inside = os.path.isabs(arg) and arg.startswith(base + os.sep)
+        return os.path.relpath(arg, base) if inside else arg
 
     args = ["python"] + [rel(a) for a in command(job, out_root)[1:]]
     return shlex.join(args)

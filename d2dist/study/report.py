@@ -1,5 +1,6 @@
-"""The study's report: per task, AP per method (mean and spread over seeds), the gain over the
-baseline with a verdict against the seed noise, charts, and the exact commands."""
+"""The study's report: per task, AP per method (mean and spread over seeds; with one seed, the AP
+of that run), the gain over the baseline with a verdict against the seed noise, charts, pictures of
+predictions and next steps (the demo), and the exact commands."""
 
 import math
 import os
@@ -11,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 from tabulate import tabulate
 
 from ..engine.benchmark import cpu_model
+from .pictures import SCORE_THRESHOLD
 from .planning import Job, run_dir, shell_command
 from .runs import config_value, loss_curves, schedule
 from .tasks import TASKS
@@ -76,9 +78,23 @@ def _fmt(x, digits: int = 1) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _one_seed(rows: Sequence[dict]) -> bool:
+    return all(len(r["ap"]) < 2 for r in rows)
+
+
 def table(rows: Sequence[dict], metric_task: str = "bbox") -> str:
-    """The results table (GitHub markdown)."""
+    """The results table (GitHub markdown). Over several seeds: the mean, the spread, the gain
+    with its verdict and the AP of each seed; with one seed: the AP of that run and its gain."""
     name = {"bbox": "box", "segm": "mask"}[metric_task]
+
+    def gain(r):
+        return f"{round(r['gain'], 1) or 0.0:+.1f}" if "gain" in r else ""
+
+    if _one_seed(rows):
+        headers = ["method", f"{name} AP", "gain", "AP50", "AP75", "train min"]
+        body = [[r["label"], _fmt(r["mean"]), gain(r), _fmt(r["AP50"]), _fmt(r["AP75"]),
+                 _fmt(r["time_min"])] for r in rows]  # fmt: skip
+        return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
     headers = ["method", f"{name} AP mean", "std", "gain", "verdict", "AP50", "AP75",
                "per seed", "train min"]  # fmt: skip
     body = [
@@ -86,7 +102,7 @@ def table(rows: Sequence[dict], metric_task: str = "bbox") -> str:
             r["label"],
             _fmt(r["mean"]),
             _fmt(r["std"]),
-            f"{round(r['gain'], 1) or 0.0:+.1f}" if "gain" in r else "",
+            gain(r),
             r.get("verdict", ""),
             _fmt(r["AP50"]),
             _fmt(r["AP75"]),
@@ -118,14 +134,21 @@ def plot(rows, teacher_ap, jobs, out_root: str, report: str, stem: str, title: s
 
     paths = []
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 3), 4.2))
-    ax.bar(
-        range(len(rows)),
-        [r["mean"] for r in rows],
-        yerr=[0 if math.isnan(r["std"]) else r["std"] for r in rows],
-        capsize=4,
-        color=["0.6" if r["method"] == "baseline" else "tab:blue" for r in rows],
-        label="students (mean ± std over seeds)",
-    )
+    colors = ["0.6" if r["method"] == "baseline" else "tab:blue" for r in rows]
+    if _one_seed(rows):  # one run per method: its AP, no spread to draw
+        seeds = sorted({s for r in rows for s in r["seeds"]})
+        label = f"students (seed {', '.join(str(s) for s in seeds)})"
+        bars = ax.bar(range(len(rows)), [r["mean"] for r in rows], color=colors, label=label)
+    else:
+        bars = ax.bar(
+            range(len(rows)),
+            [r["mean"] for r in rows],
+            yerr=[0 if math.isnan(r["std"]) else r["std"] for r in rows],
+            capsize=4,
+            color=colors,
+            label="students (mean ± std over seeds)",
+        )
+    ax.bar_label(bars, labels=[_fmt(r["mean"]) for r in rows], fontsize=8)
     if teacher_ap is not None:
         ax.axhline(teacher_ap, color="tab:red", linestyle="--", label=f"teacher ({teacher_ap:.1f})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the plot
@@ -154,7 +177,8 @@ def plot(rows, teacher_ap, jobs, out_root: str, report: str, stem: str, title: s
             own.plot(*zip(*curves["detection"]), label=job.method.label, color=f"C{i % 10}")
     own.set_title(f"student's own losses (sum), seed {seed}")
     own.set_xlabel("iteration")
-    own.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if own.lines:
+        own.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for k, job in enumerate(distilled):
         ax = fig.add_subplot(grid[1 + k // cols, k % cols])
         curve = loss_curves(run_dir(job, out_root))["distill"]
@@ -173,6 +197,20 @@ def _machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def _seeds_sentence(seeds: Sequence[int]) -> str:
+    if len(seeds) == 1:
+        return (
+            f"One seed ({seeds[0]}): one run per method, so a gain here (over the baseline of the "
+            "same seed) cannot be told from the run-to-run noise; the full study (`make study`, "
+            "docs/results.md) repeats every run over three seeds and judges each gain against it."
+        )
+    return (
+        f"Seeds {list(seeds)}. The gain is over the baseline's mean; the verdict compares it with "
+        'twice its standard error over seeds ("within noise": this study cannot tell it from no '
+        "gain)."
+    )
+
+
 def write_report(
     jobs: Sequence[Job],
     out_root: str,
@@ -182,10 +220,15 @@ def write_report(
     invocation: str,
     wall_min: Optional[float],
     parallel: int,
+    threads: str = "",
+    pictures: Sequence[str] = (),
+    next_steps: Sequence[str] = (),
 ) -> str:
     """Write ``<report>/<prefix>.md`` and its charts (a section per task); returns the path.
 
-    ``wall_min`` is the study's wall clock, None when the report is written from finished runs.
+    ``wall_min`` is the study's wall clock, None when the report is written from finished runs;
+    ``threads`` says how many threads each run had; ``pictures`` are PNGs (in ``report``) of the
+    runs' predictions shown after the results, ``next_steps`` markdown lines that close it.
     """
     os.makedirs(report, exist_ok=True)
     seeds = sorted({j.seed for j in jobs if j.seed is not None})
@@ -196,12 +239,12 @@ def write_report(
         f"Runs of `{invocation}`"
         + (" (this report rewritten from them by `--report-only`)" if wall_min is None else "")
         + f", report of {time.strftime('%Y-%m-%d')}: "
-        f"{len(jobs)} runs on {_machine()}, {parallel} run(s) side by side; "
+        f"{len(jobs)} runs on {_machine()}, {parallel} run(s) side by side"
+        + (f" ({threads})" if threads else "")
+        + "; "
         + (f"{_fmt(wall_min)} min of wall clock, " if wall_min is not None else "")
         + f"{_fmt(sum(j.results['time_min'] for j in jobs))} min of training time summed over the "
-        f"runs. Box AP on {_datasets(jobs, out_root)} (COCOEvaluator), seeds {seeds}. The gain "
-        "is over the baseline's mean; the verdict compares it with twice its standard error over "
-        'seeds ("within noise": this study cannot tell it from no gain).',
+        f"runs. Box AP on {_datasets(jobs, out_root)} (COCOEvaluator). " + _seeds_sentence(seeds),
         "",
     ]
     for name in tasks:
@@ -231,6 +274,14 @@ def write_report(
         pngs = plot(rows, teacher_ap, task_jobs, out_root, report, f"{prefix}_{name}",
                     TASKS[name].label)  # fmt: skip
         lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs] + [""]
+    if pictures:
+        lines += ["## Predictions", "",
+                  f"Each panel: a model's detections (score >= {SCORE_THRESHOLD}) on a validation "
+                  "image, titled with its box AP; the first panel shows the ground truth.",
+                  ""]  # fmt: skip
+        lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pictures] + [""]
+    if next_steps:
+        lines += ["## Next steps", "", *next_steps, ""]
     lines += ["## Commands", "", "Each run is one `tools/train_net.py` run, from the checkout:",
               "", "```"]  # fmt: skip
     lines += [shell_command(j, out_root) for j in jobs]
