@@ -59,10 +59,11 @@ STEPS = ["SOLVER.STEPS", "(1,)", "SOLVER.BASE_LR", "0.002"]
 
 
 def readme_diffs():
-    """The README's diffs of "Using d2dist in your project", by the upstream path they patch."""
-    with open(os.path.join(REPO, "README.md")) as f:
+    """The diffs of docs/own_project.md ("Using d2dist in your project"), by the upstream path they
+    patch."""
+    with open(os.path.join(REPO, "docs", "own_project.md")) as f:
         text = f.read()
-    section = text[text.index("### Using d2dist in your project") :]
+    section = text[text.index("# Using d2dist in your project") :]
     diffs = re.findall(r"```diff\n(.*?)```", section, flags=re.S)
     return {re.search(r"^--- a/(\S+)", d, flags=re.M).group(1): d for d in diffs}
 

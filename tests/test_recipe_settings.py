@@ -133,7 +133,7 @@ SAME_PAIR_TEACHERS = {
 
 
 def test_the_readme_quotes_paper_numbers_only_for_recipes_of_the_papers_pair():
-    with open(os.path.join(REPO, "README.md")) as f:
+    with open(os.path.join(REPO, "docs", "configs.md")) as f:
         readme = f.read()
     section = readme[readme.index("### Recipes for COCO and Cityscapes (GPU)") :]
     section = section[: section.index("\n### ", 5)]

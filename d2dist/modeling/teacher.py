@@ -223,8 +223,7 @@ class Teacher:
             raise TeacherNotLoadedError(
                 f"the teacher ({type(self.model).__name__} from {self.source}) was built but its "
                 f"weights ({self.weights!r}) were never loaded, so it cannot teach. Load them "
-                "where your script loads the model's weights (README, 'Using d2dist in your "
-                "project'): a DefaultTrainer script (train_net.py), add "
+                "where your script loads the model's weights (docs/own_project.md): a DefaultTrainer script (train_net.py), add "
                 "d2dist.engine.DistillationMixin as the first base of its trainer class; a "
                 "script that calls checkpointer.resume_or_load(...) itself (LazyConfig's "
                 "lazyconfig_train_net.py, a training loop of your own), call "

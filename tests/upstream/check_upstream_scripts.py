@@ -47,9 +47,9 @@ UPSTREAM = {  # README diff path -> (checkout, files to copy)
 
 
 def readme_diffs():
-    with open(os.path.join(REPO, "README.md")) as f:
+    with open(os.path.join(REPO, "docs", "own_project.md")) as f:
         text = f.read()
-    section = text[text.index("### Using d2dist in your project") :]
+    section = text[text.index("# Using d2dist in your project") :]
     return re.findall(r"```diff\n(.*?)```", section, flags=re.S)
 
 

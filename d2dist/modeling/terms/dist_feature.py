@@ -74,7 +74,7 @@ class DIST_FEATURE(AcclimatedTerm):  # noqa: N801  (the class name is the term's
 
     @classmethod
     def config_namespace(cls):
-        # d2dist's documented reconstruction (the paper is not openly available; see README): rows
+        # d2dist's documented reconstruction (the paper is not openly available; see docs/methods.md): rows
         # are positions, columns channels; adapters map student to teacher widths.
         c = feature_namespace(1.0, ["p2", "p3", "p4", "p5", "p6"])
         c.BETA = 1.0
