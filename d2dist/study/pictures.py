@@ -30,7 +30,7 @@ from .runs import run_box_ap
 
 __all__ = ["PANEL_INCHES", "SCORE_THRESHOLD", "PictureModel", "draw_predictions", "run_model"]
 
-SCORE_THRESHOLD = 0.5  # detections drawn: those scoring at least this
+SCORE_THRESHOLD = 0.3  # detections drawn: those scoring at least this (the built-in dataset's models are weak)
 PANEL_INCHES = 2.8  # each panel's side
 TITLE_INCHES = 0.5  # room for a panel's two-line title
 DPI = 100
