@@ -13,7 +13,9 @@ same at the recipes' own sizes and prints the values (docs/recipes.md).
 import glob
 import math
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,7 +67,11 @@ def test_recipe_runs_and_every_term_gives_a_finite_nonzero_loss(
     recipe, tiny_datasets, monkeypatch, tmp_path
 ):
     monkeypatch.chdir(tmp_path)  # teachers named relative to the working directory
+    # Every generator the step draws from (the weights: torch; the crops, flips and the sampler's
+    # seed: numpy and Python's), so that each recipe sees the same data in any test order.
     torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
     path = os.path.join(REPO, "configs", recipe)
     if recipe.endswith(".py"):  # a LazyConfig recipe (ViTDet teacher: its 1024 px LSJ crops)
         # one image per iteration: the ViT-B teacher at 1024 px is most of this layer's time
@@ -86,5 +92,5 @@ def test_recipe_runs_and_every_term_gives_a_finite_nonzero_loss(
     assert set(result.weighted) >= {f"loss_distill_{t['name'].lower()}" for t in losses}
     assert result.degenerate() == [], result.unweighted
     for key, values in result.weighted.items():
-        assert all(math.isfinite(v) and v != 0.0 for v in values), (key, values)
+        assert all(math.isfinite(v) and v != 0.0 for v in values), (recipe, key, values)
     assert all(math.isfinite(v) for v in result.student_total())
