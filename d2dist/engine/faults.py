@@ -92,6 +92,17 @@ def _expected_end(signum, frame):
     not SIG_DFL: swapping in SIG_DFL with a SIGCHLD pending makes CPython report a race)."""
 
 
+def _importing(frame) -> bool:
+    """Whether the code a signal interrupted is inside an import (e.g. a writer's first use of a
+    library): an exception raised there would leave a half-initialised module behind, so the
+    signal is then only noted, and the run stops after the iteration's hooks instead."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class PreemptionHook(HookBase):
     """On SIGTERM or SIGINT, end the run with a checkpoint of its last complete iteration.
 
@@ -129,7 +140,7 @@ class PreemptionHook(HookBase):
             # saved included. The run is stopping: their end is expected (a loader that needs
             # them still reports it, in the step, which then counts as preempted).
             self._sigchld = signal.signal(signal.SIGCHLD, _expected_end)
-        if self.interruptible:
+        if self.interruptible and not _importing(frame):
             self.interruptible = False  # once: a second signal must not stop the saving
             self.stopping = True
             raise _Interrupted(signum)

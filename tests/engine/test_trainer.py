@@ -213,3 +213,27 @@ def test_colour_codes_are_kept_out_of_the_logs_during_setup_only():
         logger.removeHandler(handler)
     assert seen == ["MODEL: x", "\x1b[1mafter\x1b[0m"]
     assert logger.filters == before  # Detectron2's logger as it was
+
+
+def test_a_signal_between_steps_never_interrupts_an_import(tmp_path, monkeypatch):
+    """Between two steps a signal stops the run at once (an exception raised where the code is),
+    except inside an import, where that would leave a half-initialised module behind (a writer's
+    first lazy import, seen once in CI): there it is noted, and the run stops after the hooks."""
+    import importlib
+    import signal
+    import sys
+
+    from d2dist.engine.faults import PreemptionHook, _Interrupted
+
+    hook = PreemptionHook(checkpointer=None)
+    hook.interruptible = True
+    (tmp_path / "imported_while_signalled.py").write_text(
+        "import signal, sys\nHOOK._note(signal.SIGTERM, sys._getframe())\nDONE = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("builtins.HOOK", hook, raising=False)
+    module = importlib.import_module("imported_while_signalled")
+    assert module.DONE and hook.signal == signal.SIGTERM and hook.interruptible  # noted only
+    with pytest.raises(_Interrupted):  # elsewhere: at once
+        hook._note(signal.SIGTERM, sys._getframe())
+    hook.after_train()
