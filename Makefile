@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.d2dist-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo study test test-fast gpu-check env clean-env
+.PHONY: demo study patience test test-fast gpu-check env clean-env
 .DELETE_ON_ERROR:
 
 # The stamp is remade (and pip re-run) only when the dependency files change.
@@ -21,6 +21,12 @@ demo: $(STAMP)
 # docs/results.md and its charts.
 study: $(STAMP)
 	$(PY) tools/study.py
+
+# The study of patience and consistency (unlabeled images with offline / online teacher labels,
+# mixup; 1x, 2x, 4x schedules; seeds 1 2 3): writes its section of docs/results.md. About two
+# hours on 2 cores; `$(PY) tools/patience_study.py --seeds 1` for one seed.
+patience: $(STAMP)
+	$(PY) tools/patience_study.py $(PATIENCE_ARGS)
 
 # Everything (CI runs this through .ci/run).
 test: $(STAMP)

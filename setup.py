@@ -73,6 +73,7 @@ CONSOLE_SCRIPTS = [
     "d2dist-train = d2dist.cli.train_net:console_main",
     "d2dist-train-lazy = d2dist.cli.lazyconfig_train_net:console_main",
     "d2dist-export = d2dist.cli.export_student:console_main",
+    "d2dist-label = d2dist.cli.label_images:console_main",
     "d2dist-benchmark = d2dist.cli.benchmark:console_main",
     "d2dist-loss-scale = d2dist.cli.loss_scale:console_main",
     "d2dist-convert-torchvision = d2dist.cli.convert_torchvision_to_d2:console_main",

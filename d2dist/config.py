@@ -226,7 +226,18 @@ def _base_cfg() -> CN:
     add_deeplab_config(cfg)
     add_d2dist_deeplab_config(cfg)
     add_fcos_config(cfg)
+    add_repeat_factor_config(cfg)
     return cfg
+
+
+def add_repeat_factor_config(cfg: CN) -> None:
+    """Declare ``DATASETS.TRAIN_REPEAT_FACTOR`` (default ``[]``): ``[[dataset name, factor], ...]``,
+    how often each image of a training set is drawn with ``DATALOADER.SAMPLER_TRAIN
+    WeightedTrainingSampler``. Detectron2's loader reads this key (detectron2/data/build.py) but its
+    defaults do not declare it, so a config file could not set it. The share of unlabeled images in
+    a batch is set with it (:func:`d2dist.data.repeat_factors_for_fraction`)."""
+    if "TRAIN_REPEAT_FACTOR" not in cfg.DATASETS:
+        cfg.DATASETS.TRAIN_REPEAT_FACTOR = []
 
 
 def _plain(value):

@@ -19,6 +19,7 @@ TOOLS = {  # tools/<name>.py -> its console script
     "train_net": "d2dist-train",
     "lazyconfig_train_net": "d2dist-train-lazy",
     "export_student": "d2dist-export",
+    "label_images": "d2dist-label",
     "benchmark": "d2dist-benchmark",
     "loss_scale": "d2dist-loss-scale",
     "convert_torchvision_to_d2": "d2dist-convert-torchvision",

@@ -81,7 +81,7 @@ def test_the_wheel_holds_the_package_its_configs_and_console_scripts(wheel):
     assert shipped == in_checkout  # every config, nothing else
     for script in ("d2dist-train", "d2dist-train-lazy", "d2dist-export", "d2dist-benchmark",
                    "d2dist-loss-scale", "d2dist-convert-torchvision", "d2dist-demo",
-                   "d2dist-study", "d2dist-visualize"):  # fmt: skip
+                   "d2dist-study", "d2dist-visualize", "d2dist-label"):  # fmt: skip
         assert f"{script} = d2dist.cli." in entry_points, script
 
 

@@ -10,6 +10,12 @@ from .checks import (
     register_coco_format,
 )
 from .shapes import CLASSES, ShapesSpec, generate_shapes
+from .unlabeled import (
+    is_unlabeled,
+    load_image_folder,
+    register_image_folder,
+    repeat_factors_for_fraction,
+)
 
 __all__ = [
     "CLASSES",
@@ -18,6 +24,10 @@ __all__ = [
     "checked_dataset_dicts",
     "ensure_generated",
     "generate_shapes",
+    "is_unlabeled",
+    "load_image_folder",
+    "register_image_folder",
+    "repeat_factors_for_fraction",
     "load_coco_format",
     "register_coco_format",
     "register_shapes",

@@ -28,6 +28,7 @@ from detectron2.data.datasets import load_coco_json, load_sem_seg
 
 from ..file_io import checkout
 from .shapes import CLASSES, SPLITS, ShapesSpec, generate_shapes
+from .unlabeled import load_image_folder
 
 __all__ = [
     "BUILTIN_SHAPES",
@@ -48,6 +49,21 @@ BUILTIN_SHAPES: Dict[str, ShapesSpec] = {
         distractors=2,
         lines=2,
         textured=False,
+    ),
+    # New images of the same generator (another seed), 4x the training set: the study of unlabeled
+    # images registers their train split as d2dist_shapes_unlabeled, its labels withheld.
+    "d2dist_shapes_extra": ShapesSpec(
+        image_size=64,
+        num_train=4000,
+        num_val=1,
+        min_objects=1,
+        max_objects=3,
+        min_size=16,
+        max_size=40,
+        distractors=2,
+        lines=2,
+        textured=False,
+        seed=1,
     ),
     "d2dist_shapes_tiny": ShapesSpec(
         image_size=64,
@@ -172,10 +188,26 @@ def ensure_generated(dataset_name: str) -> None:
         generate_shapes(root, spec, name)
 
 
+def _load_unlabeled(name: str, image_dir: str, dataset_name: str) -> List[dict]:
+    ensure_generated(f"{name}_train")
+    return load_image_folder(image_dir, dataset_name)
+
+
 def register_all_shapes(root: str) -> None:
-    """Register the built-in shapes datasets (:data:`BUILTIN_SHAPES`) under ``root``."""
+    """Register the built-in shapes datasets (:data:`BUILTIN_SHAPES`) under ``root``, and
+    ``d2dist_shapes_unlabeled``: the images of ``d2dist_shapes_extra_train`` without labels
+    (:mod:`.unlabeled`), with the classes of ``d2dist_shapes_train`` as metadata."""
     for name, spec in BUILTIN_SHAPES.items():
         register_shapes(name, root, spec)
+    name = "d2dist_shapes_unlabeled"
+    if name not in DatasetCatalog.list():
+        image_dir = os.path.join(root, "d2dist_shapes_extra", "train")
+        DatasetCatalog.register(
+            name, functools.partial(_load_unlabeled, "d2dist_shapes_extra", image_dir, name)
+        )
+        MetadataCatalog.get(name).set(
+            image_root=image_dir, unlabeled=True, thing_classes=list(CLASSES)
+        )
 
 
 def datasets_root() -> str:

@@ -573,8 +573,9 @@ def checked_dataset_dicts(
         return loaded
     dicts = list(itertools.chain.from_iterable(d for _, d in loaded))
     classes = dataset_classes(names[0], "thing_classes")
-    if check_consistency and classes is not None and "annotations" in dicts[0]:
-        print_instances_class_histogram(dicts, classes)
+    labeled = [d for d in dicts if "annotations" in d]  # an unlabeled dataset's records have none
+    if check_consistency and classes is not None and labeled:
+        print_instances_class_histogram(labeled, classes)
     return dicts
 
 

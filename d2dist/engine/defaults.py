@@ -22,6 +22,7 @@ from ..config import (
     merge_overrides,
 )
 from ..data.checks import register_coco_format
+from ..data.unlabeled import register_image_folder
 from ..errors import ConfigError
 from ..modeling.teacher import FLOAT16_ON_CPU
 from .configs import for_evaluation
@@ -220,12 +221,14 @@ def load_config(
     training: bool = True,
     config_functions: Sequence[str] = (),
     coco_datasets: Sequence[Sequence[str]] = (),
+    image_folders: Sequence[Sequence[str]] = (),
 ) -> CfgNode:
     """The validated (not frozen) config of ``config_file`` with ``KEY VALUE`` overrides ``opts``.
 
     ``config_functions`` (dotted names, ``--config-function``) add a project's keys before the
     file is merged (the teacher's config starts from them too); ``coco_datasets`` are registered
-    first (:func:`register_coco_datasets`). Checks the file, the keys (an unknown one with the
+    first (:func:`register_coco_datasets`), and ``image_folders`` (``(name, folder)``, ``--image-folder``)
+    as unlabeled datasets (:func:`d2dist.data.register_image_folder`). Checks the file, the keys (an unknown one with the
     closest valid key) and the value types as they are merged, then the solver, the pixel
     statistics, a teacher's autocast on the device, the datasets (the training sets too if
     ``training``) and resolves ``MODEL.DEVICE``; every problem is a :class:`ConfigError` that says
@@ -244,6 +247,8 @@ def load_config(
             "d2dist://configs/<path>."
         )
     register_coco_datasets(coco_datasets)
+    for name, folder in image_folders:
+        register_image_folder(name, folder)
     cfg = get_cfg(*config_functions)
     what, where = f"config file {config_file!r}", "command-line overrides"
     _merge(cfg, lambda path: merge_config_file(cfg, path, what, _PROJECT_KEYS), config_file, what)
@@ -279,6 +284,7 @@ def setup(args) -> CfgNode:
         training=not args.eval_only,
         config_functions=getattr(args, "config_function", None) or (),
         coco_datasets=getattr(args, "coco_dataset", None) or (),
+        image_folders=getattr(args, "image_folder", None) or (),
     )
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
         raise ConfigError(

@@ -33,6 +33,7 @@ from ..checkpoint import (
     resume_or_load,
 )
 from ..data.checks import checked_dataset_dicts
+from ..data.unlabeled import register_image_folder
 from ..errors import ConfigError
 from ..file_io import local_path
 from .configs import for_evaluation, lazy_target
@@ -111,6 +112,8 @@ def load_lazy_config(path: str, opts: Sequence[str], *, training: bool = True):
 def lazy_setup(args):
     """Load ``args.config_file`` with ``args.opts`` (``key=value``; :func:`load_lazy_config`) and
     prepare the run (:func:`~d2dist.engine.run.prepare_run`). Returns the config."""
+    for name, folder in getattr(args, "image_folder", None) or ():  # --image-folder
+        register_image_folder(name, folder)
     cfg = load_lazy_config(args.config_file, args.opts, training=not args.eval_only)
     prepare_run(cfg, args, output_dir=cfg.train.output_dir, device=cfg.train.device)
     return cfg

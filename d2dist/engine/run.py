@@ -37,6 +37,16 @@ def add_run_arguments(parser) -> None:
         "differs from what its last checkpoint was trained with (listed otherwise, and refused)",
     )
     parser.add_argument(
+        "--image-folder",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "DIR"),
+        help="register the images under DIR as the unlabeled dataset NAME, to name in the "
+        "training sets: a Distiller's teacher labels them on each step's view "
+        "(MODEL.DISTILL.TEACHER_LABELS, docs/unlabeled.md). Repeat for several",
+    )
+    parser.add_argument(
         "--debug",
         action="store_true",
         help=f"show the whole traceback of d2dist's own errors too (a config mistake, a data "

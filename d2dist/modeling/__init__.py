@@ -6,10 +6,12 @@ from . import backbone, heads, meta_arch  # noqa: F401
 from .adapters import DISTILL_MODULE_REGISTRY, build_adapter, build_distill_module
 from .lazy import TermSpec, teacher_from_file, yacs_model
 from .meta_arch import Distiller
+from .mixup import Mixup
 from .recorder import Recorder
 from .targets import TARGET_KIND_REGISTRY, TargetExtractor, TargetKind, TargetRequest, Targets
 from .teacher import Teacher, TeacherNotLoadedError, build_teacher
 from .teacher_config import load_teacher_config
+from .teacher_labels import TeacherLabels
 from .terms import (
     DISTILL_TERM_REGISTRY,
     DistillTerm,
@@ -24,6 +26,7 @@ __all__ = [
     "DISTILL_TERM_REGISTRY",
     "DistillTerm",
     "Distiller",
+    "Mixup",
     "Recorder",
     "TARGET_KIND_REGISTRY",
     "TargetExtractor",
@@ -31,6 +34,7 @@ __all__ = [
     "TargetRequest",
     "Targets",
     "Teacher",
+    "TeacherLabels",
     "TeacherNotLoadedError",
     "TermOptions",
     "TermOutput",

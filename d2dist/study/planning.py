@@ -74,6 +74,7 @@ class Job:
     needs_teacher: bool = False
     fingerprint: str = ""
     results: Dict[str, float] = field(default_factory=dict)
+    args: List[str] = field(default_factory=list)  # train_net options, e.g. --coco-dataset ...
 
     @property
     def teacher_name(self) -> str:
@@ -183,7 +184,7 @@ def run_dir(job: Job, out_root: str) -> str:
 
 def command(job: Job, out_root: str, resume: bool = False) -> List[str]:
     """The job's ``tools/train_net.py`` command line (as an argument list)."""
-    cmd = _train_net() + ["--config-file", config_path(job.config)]
+    cmd = _train_net() + ["--config-file", config_path(job.config), *job.args]
     out = run_dir(job, out_root)
     return cmd + (["--resume"] if resume else []) + [*job.opts, "OUTPUT_DIR", out]
 

@@ -13,9 +13,11 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..lazy import TermSpec
+from ..mixup import Mixup
 from ..targets import TargetExtractor, TargetRequest
 from ..teacher import Teacher, build_teacher
 from ..teacher_config import build_meta_arch
+from ..teacher_labels import TeacherLabels
 from ..terms import DistillTerm, build_distill_terms
 from .state import STUDENT, TERMS, into_student, report_top_level_names, student_at_top_level
 
@@ -68,6 +70,8 @@ class Distiller(nn.Module):
         warmup_iters: int = 0,
         stop_iter: int = -1,
         inherit: Sequence[str] = (),
+        teacher_labels: Optional[TeacherLabels] = None,
+        mixup: Optional[Mixup] = None,
     ):
         """
         Args:
@@ -144,6 +148,17 @@ class Distiller(nn.Module):
         self.extractor = TargetExtractor(student, teacher, request, input_format=input_format)
         self.inherit = tuple(inherit)
         self._inherited_keys()  # checks the prefixes now, before any training
+        self.teacher_labels = teacher_labels if teacher_labels is not None else TeacherLabels()
+        self.mixup = mixup if mixup is not None else Mixup()
+        for name, value, kind in (("teacher_labels", self.teacher_labels, TeacherLabels),
+                                  ("mixup", self.mixup, Mixup)):  # fmt: skip
+            if not isinstance(value, kind):
+                raise TypeError(
+                    f"Distiller({name}=...) takes a d2dist.modeling.{kind.__name__}, got "
+                    f"{type(value).__name__}"
+                )
+        if self.teacher_labels.images == "all":
+            self.teacher_labels.check(student, teacher.model)  # every image: check it now
 
     def _inherited_keys(self) -> Tuple[List[str], List[str]]:
         """The student state keys under :attr:`inherit` that the teacher has with the same shape
@@ -226,6 +241,8 @@ class Distiller(nn.Module):
             "warmup_iters": d.WEIGHT_SCHEDULE.WARMUP_ITERS,
             "stop_iter": d.WEIGHT_SCHEDULE.STOP_ITER,
             "inherit": list(d.INHERIT),
+            "teacher_labels": TeacherLabels.from_config(cfg),
+            "mixup": Mixup.from_config(cfg),
         }
 
     @property
@@ -272,6 +289,12 @@ class Distiller(nn.Module):
             self.teacher.eval()
         storage = get_event_storage()
         factor = self.schedule_factor(storage.iter)
+        if self.mixup.enabled:  # before anything runs: teacher and student see the mixed view
+            batched_inputs = self.mixup(batched_inputs)
+        run = self.extractor.teacher_run(batched_inputs)  # the teacher's images and features
+        batched_inputs = self.teacher_labels.label(
+            self.student, self.teacher_wrapper, batched_inputs, run
+        )
         if factor == 0.0:
             losses = self._student_losses(self.student(batched_inputs))
             zero = next(iter(losses.values())).new_zeros(())
@@ -280,7 +303,7 @@ class Distiller(nn.Module):
         with self.extractor.student_recorder() as recorder:
             student_losses = self.student(batched_inputs)
         losses = self._student_losses(student_losses)
-        targets = self.extractor.extract(batched_inputs, recorder)
+        targets = self.extractor.extract(batched_inputs, recorder, run)
         scalars, totals = {}, {}
         for term in self.terms:
             out = term(targets.for_term(term))

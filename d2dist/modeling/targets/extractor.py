@@ -1,6 +1,6 @@
 """The target extractor: runs the requested kinds for one step and pairs their tensors."""
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -54,11 +54,22 @@ class TargetExtractor:
         """A recorder of the student sources this request needs (use as a context manager)."""
         return Recorder(self.student, outputs=self._outputs, inputs=self._inputs)
 
+    def teacher_run(self, batched_inputs: Sequence[dict]) -> TeacherRun:
+        """The step's :class:`TeacherRun` (its images and backbone features, computed once), to
+        share with the teacher's labels (:class:`~d2dist.modeling.teacher_labels.TeacherLabels`)."""
+        return TeacherRun(self.teacher, batched_inputs, self.input_format)
+
     @torch.no_grad()
-    def teacher_forward(self, batched_inputs: Sequence[dict], student_rec: Recorder) -> dict:
+    def teacher_forward(
+        self,
+        batched_inputs: Sequence[dict],
+        student_rec: Recorder,
+        run: Optional[TeacherRun] = None,
+    ) -> dict:
         """The teacher parts the request needs, on the step's images (and the student's RoIs),
-        under the teacher's own precision: each kind's raw output, for :meth:`pair`."""
-        run = TeacherRun(self.teacher, batched_inputs, self.input_format)
+        under the teacher's own precision: each kind's raw output, for :meth:`pair`. ``run``: the
+        step's teacher run when it was started already (its features are reused)."""
+        run = run if run is not None else self.teacher_run(batched_inputs)
         with self.teacher.autocast_context():
             return {
                 name: kind.teacher_forward(run, student_rec) for name, kind in self.kinds.items()
@@ -72,10 +83,16 @@ class TargetExtractor:
         }
         return Targets(values, batched_inputs=batched_inputs)
 
-    def extract(self, batched_inputs: Sequence[dict], student_rec: Recorder) -> Targets:
-        """Run the teacher parts and pair its tensors with the recorded student tensors."""
+    def extract(
+        self,
+        batched_inputs: Sequence[dict],
+        student_rec: Recorder,
+        run: Optional[TeacherRun] = None,
+    ) -> Targets:
+        """Run the teacher parts and pair its tensors with the recorded student tensors (``run``:
+        see :meth:`teacher_forward`)."""
         return self.pair(
-            batched_inputs, student_rec, self.teacher_forward(batched_inputs, student_rec)
+            batched_inputs, student_rec, self.teacher_forward(batched_inputs, student_rec, run)
         )
 
     def leaf(self, targets: Targets) -> Targets:
