@@ -127,3 +127,18 @@ def test_the_tool_explains_what_it_cannot_draw(runs, tmp_path, capsys):
         draw_predictions([], DATASET, str(tmp_path))
     with pytest.raises(ConfigError, match="number of images is 0"):
         draw_predictions([PictureModel("x", "c", "w")], DATASET, str(tmp_path), num_images=0)
+
+
+def test_a_mixup_example_shows_the_mix_and_the_teachers_labels_on_it(runs, tmp_path, capsys):
+    """--mixup-example: a labeled image, an unlabeled one and their mix with the teacher's labels
+    on the mixed image; the mixed panel is neither input image."""
+    teacher = runs[0]
+    path = str(tmp_path / "mixup.png")
+    assert visualize_cli(["--mixup-example", path, "--run-dir", teacher,
+                          "--score-threshold", "0.0"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == path
+    assert _size(path) == _expected(3)
+    picture = matplotlib.image.imread(path)
+    w = picture.shape[1] // 3
+    panels = [picture[:, i * w : (i + 1) * w] for i in range(3)]
+    assert abs(panels[2] - panels[0]).mean() > 0.02 and abs(panels[2] - panels[1]).mean() > 0.02

@@ -19,6 +19,7 @@ Nothing is generated at registration. A dataset is generated the first time it i
 reads ``MetadataCatalog.get(name).json_file`` without loading the dataset.
 """
 
+import dataclasses
 import functools
 import os
 from typing import Dict, List, Tuple
@@ -50,21 +51,6 @@ BUILTIN_SHAPES: Dict[str, ShapesSpec] = {
         lines=2,
         textured=False,
     ),
-    # New images of the same generator (another seed), 4x the training set: the study of unlabeled
-    # images registers their train split as d2dist_shapes_unlabeled, its labels withheld.
-    "d2dist_shapes_extra": ShapesSpec(
-        image_size=64,
-        num_train=4000,
-        num_val=1,
-        min_objects=1,
-        max_objects=3,
-        min_size=16,
-        max_size=40,
-        distractors=2,
-        lines=2,
-        textured=False,
-        seed=1,
-    ),
     "d2dist_shapes_tiny": ShapesSpec(
         image_size=64,
         num_train=16,
@@ -76,6 +62,11 @@ BUILTIN_SHAPES: Dict[str, ShapesSpec] = {
     ),
 }
 """The built-in shapes datasets: name -> spec."""
+# New images of the same generator (another seed), 4x the training set: the study of unlabeled
+# images registers their train split as d2dist_shapes_unlabeled, its labels withheld.
+BUILTIN_SHAPES["d2dist_shapes_extra"] = dataclasses.replace(
+    BUILTIN_SHAPES["d2dist_shapes"], num_train=4000, num_val=1, seed=1
+)
 
 # Distinct RGB colours for visualisation, one per class in CLASSES.
 _THING_COLORS = [

@@ -25,11 +25,13 @@ from ..data.checks import (
     dataset_classes,
     show_classes,
 )
+from ..data.unlabeled import is_unlabeled
 from ..errors import ConfigError
 from .configs import is_distiller_node, student_meta_architecture
 
 __all__ = [
     "check_dataset_classes",
+    "check_unlabeled_datasets",
     "check_lazy_classes",
     "model_classes",
     "test_dataset_dicts",
@@ -230,3 +232,43 @@ def check_lazy_classes(cfg) -> None:
     test = [("dataloader.test", n) for n in _names(loader.get("test", {}).get("dataset"))]
     check_same_classes(train + test)
     check_num_classes(_lazy_heads(cfg.model), train + test)
+
+
+def check_unlabeled_datasets(
+    names: Sequence[str],
+    model: nn.Module,
+    *,
+    key: str = "DATASETS.TRAIN",
+    plain_loader: bool = False,
+    filter_empty: bool = True,
+) -> None:
+    """Before training on datasets of unlabeled images (:func:`d2dist.data.register_image_folder`):
+    the model is a Distiller, whose teacher can label what its student trains on
+    (:meth:`~d2dist.modeling.TeacherLabels.check`), and the loader can load them: Detectron2's own
+    (``plain_loader``: a trainer that keeps ``DefaultTrainer.build_train_loader``) fails on a mix
+    of labeled and unlabeled datasets when it drops images without annotations (``filter_empty``),
+    asking every record for its annotations."""
+    unlabeled = [n for n in names if is_unlabeled(n)]
+    if not unlabeled:
+        return
+    model = _unwrapped(model)
+    labels = getattr(model, "teacher_labels", None)
+    if labels is None:
+        raise ConfigError(
+            f"{key} names the unlabeled dataset(s) {unlabeled} (images without annotations), "
+            f"but the model ({type(model).__name__}) is not a d2dist Distiller: only a teacher "
+            "can label them (MODEL.DISTILL.TEACHER_LABELS, docs/unlabeled.md). Distil with a "
+            "teacher, or label them offline with tools/label_images.py and train on that file."
+        )
+    labels.check(model.student, model.teacher)
+    labeled = [n for n in names if not is_unlabeled(n)]
+    if plain_loader and labeled and filter_empty:
+        raise ConfigError(
+            f"{key} mixes labeled {labeled} and unlabeled {unlabeled} datasets, and the trainer "
+            "builds its loader with Detectron2's build_detection_train_loader, whose filter of "
+            "images without annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS True) fails on "
+            "unlabeled records. Use d2dist's loader in your trainer (build_train_loader returning "
+            "d2dist.engine.train_loader(cfg)), or give Detectron2's loader the records of "
+            "d2dist.data.checked_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=...), which filters "
+            "each labeled dataset alone."
+        )

@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..evaluation import build_evaluator
 from ..modeling import Distiller
 from .configs import data_config, student_config, student_meta_architecture
-from .data_checks import check_dataset_classes
+from .data_checks import check_dataset_classes, check_unlabeled_datasets
 from .faults import preemption_hook_of, preemption_hooks, stopping_on_signals
 from .loaders import test_loader, train_loader
 from .optim import clip_full_model
@@ -101,6 +101,11 @@ class DefaultTrainerParts(DefaultTrainer):
         finally:
             _BUILDING_TO_TRAIN.reset(token)
         optimizer = self.build_optimizer(cfg, model)
+        plain = getattr(type(self).build_train_loader, "__func__", None) is getattr(
+            DefaultTrainer.build_train_loader, "__func__", None
+        )  # Detectron2's own loader
+        check_unlabeled_datasets(cfg.DATASETS.TRAIN, model, plain_loader=plain,
+                                 filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)  # fmt: skip
         data_loader = self.build_train_loader(data_config(cfg))
         check_dataset_classes(cfg, model)  # before training: datasets, student, teacher agree
         model = self.build_ddp_model(cfg, model)

@@ -14,7 +14,13 @@ import yaml
 from ..data import ensure_generated
 from ..errors import ConfigError
 from ..file_io import checkout, project_dir
-from .pictures import SCORE_THRESHOLD, PictureModel, draw_predictions, run_model
+from .pictures import (
+    SCORE_THRESHOLD,
+    PictureModel,
+    draw_mixup_example,
+    draw_predictions,
+    run_model,
+)
 from .planning import Job, StudyError, default_output_dir, plan, run_dir
 from .report import aggregate, table, write_report
 from .runner import describe_threads, read_finished, run_jobs
@@ -343,7 +349,21 @@ def visualize_main(argv: Optional[Sequence[str]] = None) -> List[str]:
     parser.add_argument("--no-ground-truth", action="store_true",
                         help="leave out the ground-truth panel")  # fmt: skip
     parser.add_argument("--prefix", default="predictions", help="PNG names: PREFIX_<k>.png")
+    parser.add_argument("--mixup-example", metavar="PNG", default=None,
+                        help="instead: draw a consistent-mixup training view (a labeled and an "
+                        "unlabeled image of the built-in dataset, mixed, with the labels of the "
+                        "teacher given by the first --run-dir, default the study's Faster R-CNN "
+                        "teacher, on the mix) into PNG (docs/unlabeled.md)")  # fmt: skip
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.mixup_example:
+        runs = [m for m in args.models if isinstance(m, str)]
+        teacher = runs[0] if runs else os.path.join(default_output_dir(False), "faster_rcnn",
+                                                    "teacher")  # fmt: skip
+        path = draw_mixup_example(
+            teacher, args.mixup_example, score_threshold=args.score_threshold, device=args.device
+        )
+        print(path)
+        return [path]
     if not args.models:
         raise ConfigError("give the models to draw: --run-dir RUN_DIR or --model CONFIG WEIGHTS")
     for option in ("label", "ap"):

@@ -42,6 +42,7 @@ from .planning import (
 )
 from .report import _fmt, _machine
 from .runner import describe_threads, holds_same_run, read_finished, run_jobs, thread_env
+from .cli import main as study_cli_main
 from .runs import final_results, stored_results
 from .tasks import CONFIGS, Method
 
@@ -339,12 +340,5 @@ def patience_main(argv: Optional[Sequence[str]] = None) -> List[Job]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        patience_main(argv)
-    except ConfigError as e:
-        print(f"patience_study.py: error: {e}", file=sys.stderr)
-        return 2
-    except StudyError as e:
-        print(f"patience_study.py: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """``tools/patience_study.py``: exit 2 for arguments it cannot run with, 1 for a failed run."""
+    return study_cli_main(patience_main, argv)

@@ -15,22 +15,35 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from matplotlib.figure import Figure
 
 from ..checkpoint import EvalCheckpointer, resume_or_load
+from ..config import get_cfg
 from ..data import ensure_generated
 from ..engine import Trainer, for_evaluation, load_config
 from ..engine.export import run_checkpoint
 from ..errors import ConfigError
+from ..modeling import TeacherLabels, build_teacher
+from ..modeling.mixup import mix
+from ..modeling.targets import TeacherRun
 from .runs import run_box_ap
 
-__all__ = ["PANEL_INCHES", "SCORE_THRESHOLD", "PictureModel", "draw_predictions", "run_model"]
+__all__ = [
+    "PANEL_INCHES",
+    "SCORE_THRESHOLD",
+    "PictureModel",
+    "draw_mixup_example",
+    "draw_predictions",
+    "run_model",
+]
 
-SCORE_THRESHOLD = 0.3  # detections drawn: those scoring at least this (the built-in dataset's models are weak)
+SCORE_THRESHOLD = (
+    0.3  # detections drawn: those scoring at least this (the built-in dataset's models are weak)
+)
 PANEL_INCHES = 2.8  # each panel's side
 TITLE_INCHES = 0.5  # room for a panel's two-line title
 DPI = 100
@@ -144,13 +157,77 @@ def draw_predictions(
             kept = instances[instances.scores >= score_threshold]
             kept = kept[kept.scores.argsort(descending=True)[:MOST]]
             panels.append((_title(model), visualizer().draw_instance_predictions(kept)))
-        fig = Figure(figsize=(PANEL_INCHES * len(panels), PANEL_INCHES + TITLE_INCHES), dpi=DPI)
-        width = 1.0 / len(panels)
-        for i, (title, drawn) in enumerate(panels):
-            ax = fig.add_axes((i * width, 0.0, width, PANEL_INCHES / (PANEL_INCHES + TITLE_INCHES)))
-            ax.imshow(drawn.get_image())
-            ax.set_title(title, fontsize=9)
-            ax.set_axis_off()
-        paths.append(os.path.join(output_dir, f"{prefix}_{k}.png"))
-        fig.savefig(paths[-1], dpi=DPI)
+        paths.append(_save_panels(panels, os.path.join(output_dir, f"{prefix}_{k}.png")))
     return paths
+
+
+def _save_panels(panels, path: str) -> str:
+    """``(title, drawn Visualizer output)`` panels side by side in one PNG."""
+    fig = Figure(figsize=(PANEL_INCHES * len(panels), PANEL_INCHES + TITLE_INCHES), dpi=DPI)
+    width = 1.0 / len(panels)
+    for i, (title, drawn) in enumerate(panels):
+        ax = fig.add_axes((i * width, 0.0, width, PANEL_INCHES / (PANEL_INCHES + TITLE_INCHES)))
+        ax.imshow(drawn.get_image())
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _boxes(n: int) -> str:
+    return f"{n} box" + ("" if n == 1 else "es")
+
+
+def draw_mixup_example(
+    teacher_run: str,
+    path: str,
+    *,
+    labeled: str = "d2dist_shapes_train",
+    unlabeled: str = "d2dist_shapes_unlabeled",
+    lam: float = 0.5,
+    score_threshold: float = SCORE_THRESHOLD,
+    device: Optional[str] = None,
+) -> str:
+    """A consistent-mixup training view (:mod:`d2dist.modeling.mixup`), drawn: the first image of
+    ``labeled`` with its boxes, the first of ``unlabeled``, and their mix (weight ``lam``) with
+    the labels the student trains on there: the teacher's (a trained run's model, its
+    ``config.yaml`` and last checkpoint) on the mixed image, scoring >= ``score_threshold``.
+    Returns ``path`` (a PNG)."""
+    cfg = get_cfg()
+    t = cfg.MODEL.DISTILL.TEACHER
+    t.CONFIG_FILE, t.WEIGHTS = os.path.join(teacher_run, "config.yaml"), run_checkpoint(teacher_run)
+    cfg.MODEL.DEVICE = device or "cpu"
+    teacher = build_teacher(cfg)
+    teacher.load()
+    size = teacher.cfg.INPUT.MIN_SIZE_TEST, teacher.cfg.INPUT.MAX_SIZE_TEST
+    mapper = DatasetMapper(is_train=True, augmentations=[T.ResizeShortestEdge(*size)],
+                           image_format=teacher.input_format)  # fmt: skip
+    for name in (labeled, unlabeled):
+        ensure_generated(name)
+    a, b = (mapper(dict(DatasetCatalog.get(n)[0])) for n in (labeled, unlabeled))
+    mixed = mix(a, b, lam)
+    run = TeacherRun(teacher, [mixed], teacher.input_format)
+    labels = TeacherLabels(score_threshold=score_threshold)
+    mixed = labels.label(teacher.model, teacher, [mixed], run)[0]
+    metadata = MetadataCatalog.get(labeled)
+
+    def drawn(x, boxes):
+        image = x["image"].permute(1, 2, 0).cpu().numpy()
+        if teacher.input_format == "BGR":
+            image = image[:, :, ::-1]
+        scale = max(1.0, PANEL_PIXELS / min(image.shape[:2]))
+        v = Visualizer(image.clip(0, 255).astype(np.uint8), metadata, scale=scale)
+        if boxes is None:
+            return v.get_output()
+        inst = boxes.to("cpu")
+        names = [metadata.thing_classes[c] for c in inst.gt_classes.tolist()]
+        return v.overlay_instances(boxes=inst.gt_boxes.tensor.numpy(), labels=names)
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    panels = [
+        (f"labeled ({labeled})\n{_boxes(len(a['instances']))}", drawn(a, a["instances"])),
+        (f"unlabeled ({unlabeled})\nno labels", drawn(b, None)),
+        (f"mixed, lam {lam}: the teacher's labels\n{_boxes(len(mixed['instances']))} "
+         f"(score >= {score_threshold})", drawn(mixed, mixed["instances"])),
+    ]  # fmt: skip
+    return _save_panels(panels, path)

@@ -14,6 +14,7 @@ from _plain import assert_same_predictions, plain_predictions, run_predictions
 from _tiny import SHAPES_STUDENT_TINY, SHAPES_TINY_DATA
 from _tools import load_tool
 from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
 
 from d2dist.engine import argument_parser
@@ -201,3 +202,47 @@ def test_the_training_mapper_is_checked_and_the_config_left_as_it_was(monkeypatc
     assert cfg.dataloader.train.mapper._target_.__name__ == "DatasetMapper"
     assert cfg.dataloader.test.mapper.image_format == cfg.dataloader.train.mapper.image_format
     instantiate(cfg.dataloader.test)
+
+
+def test_a_lazy_distiller_labels_unlabeled_images_and_mixes_them(vit_teacher, tmp_path):
+    """TeacherLabels and Mixup as LazyConfig nodes of the Distiller, an --image-folder dataset as
+    the training set: the ViTDet teacher's boxes and masks train the Mask R-CNN student."""
+    from PIL import Image
+
+    from d2dist.engine.lazy import lazy_argument_parser
+    from d2dist.modeling import TeacherLabels
+
+    weights, _ = vit_teacher
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for r in DatasetCatalog.get("d2dist_shapes_tiny_train")[:4]:
+        Image.open(r["file_name"]).save(folder / os.path.basename(r["file_name"]))
+    config = tmp_path / "unlabeled.py"
+    config.write_text(
+        "from detectron2.config import LazyCall as L, LazyConfig\n"
+        "from d2dist.modeling import Mixup, TeacherLabels\n"
+        f"_base = LazyConfig.load({LAZY_DISTILL!r})\n"
+        "dataloader, optimizer = _base.dataloader, _base.optimizer\n"
+        "lr_multiplier, train, model = _base.lr_multiplier, _base.train, _base.model\n"
+        "model.teacher_labels = L(TeacherLabels)(score_threshold=0.0)\n"
+        "model.mixup = L(Mixup)(prob=1.0)\n"
+    )
+    seen = []
+    original = TeacherLabels.label
+
+    def spy(self, *args, **kwargs):
+        seen.append(original(self, *args, **kwargs))
+        return seen[-1]
+
+    out = str(tmp_path / "run")
+    argv = ["--config-file", str(config), "--image-folder", "unl_lazy", str(folder),
+            *_student_opts(out), *_teacher_opts(weights),
+            "dataloader.train.dataset.names=unl_lazy"]  # fmt: skip
+    TeacherLabels.label = spy
+    try:
+        load_tool("lazyconfig_train_net").lazy_main(lazy_argument_parser().parse_args(argv))
+    finally:
+        TeacherLabels.label = original
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert seen and all("mixed_with" in x and x["instances"].has("gt_masks") for x in seen[0])
+    assert len(seen) == 2
