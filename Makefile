@@ -28,9 +28,11 @@ study: $(STAMP)
 patience: $(STAMP)
 	$(PY) tools/patience_study.py $(PATIENCE_ARGS)
 
-# Everything (CI runs this through .ci/run).
+# Everything (CI runs this through .ci/run): two workers with one thread each, each test file on
+# one worker (its module-scoped fixtures, e.g. a trained tiny teacher, made once; the DDP tests of
+# a file, which share Detectron2's default port, never side by side).
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop: all but the tests marked slow (training runs, subprocesses, several processes,
 # kill and resume, the study, full-size configs), on every core with one thread per process.
