@@ -40,6 +40,8 @@ from .planning import (
     run_dir,
     shell_command,
 )
+from .report import SECTION_END as END
+from .report import SECTION_START as START
 from .report import _fmt, _machine
 from .runner import describe_threads, holds_same_run, read_finished, run_jobs, thread_env
 from .cli import main as study_cli_main
@@ -56,7 +58,6 @@ PSEUDO = "d2dist_shapes_pseudo"  # the offline labels' dataset (--coco-dataset)
 SCORE_THRESHOLD = 0.3
 BASE_ITERS, BASE_STEPS = 600, (480, 570)  # the students' 1x schedule (Base-Shapes-RCNN-FPN.yaml)
 SCHEDULES = {"1x": 1, "2x": 2, "4x": 4}
-START, END = "<!-- patience-study:start -->", "<!-- patience-study:end -->"
 LABEL_TOOL = os.path.join(CHECKOUT, "tools", "label_images.py")
 
 
@@ -155,7 +156,7 @@ def make_offline_labels(teacher: Job, out_root: str) -> str:
         "--config-file", config_path(teacher.config),
         "--weights", os.path.join(run_dir(teacher, out_root), "model_final.pth"),
         "--image-folder", unlabeled_dir(), "--output", path,
-        "--score-threshold", str(SCORE_THRESHOLD), "--device", "cpu",
+        "--score-threshold", str(SCORE_THRESHOLD), "--device", "cpu", "--opts", *teacher.opts,
     ]  # fmt: skip
     print("Labelling the unlabeled images offline:", " ".join(cmd), flush=True)
     done = subprocess.run(cmd, cwd=project_dir(), env=thread_env(os.cpu_count() or 1))

@@ -287,6 +287,23 @@ def write_report(
     lines += [shell_command(j, out_root) for j in jobs]
     lines += ["```", ""]
     path = os.path.join(report, f"{prefix}.md")
+    kept = kept_section(path)
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + (f"\n{kept}\n" if kept else ""))
     return path
+
+
+# Where another study's section (the patience study's) stands in a report: kept when it is rewritten.
+SECTION_START, SECTION_END = "<!-- patience-study:start -->", "<!-- patience-study:end -->"
+
+
+def kept_section(path: str) -> str:
+    """The section between :data:`SECTION_START` and :data:`SECTION_END` in the report at
+    ``path`` (with its markers), or ""."""
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        text = f.read()
+    if SECTION_START not in text or SECTION_END not in text:
+        return ""
+    return text[text.index(SECTION_START) : text.index(SECTION_END) + len(SECTION_END)]
