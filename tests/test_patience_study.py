@@ -50,7 +50,10 @@ def test_the_arms_configs_differ_only_in_their_data_labels_and_mixup():
     assert cfgs["labeled"].DATASETS.TRAIN == ("d2dist_shapes_train",)
     assert cfgs["online"].DATASETS.TRAIN == ("d2dist_shapes_train", "d2dist_shapes_unlabeled")
     assert cfgs["online"].MODEL.DISTILL.TEACHER_LABELS.SCORE_THRESHOLD == patience.SCORE_THRESHOLD
-    assert cfgs["mixup"].MODEL.DISTILL.MIXUP.PROB == 0.5 and cfgs["online"].MODEL.DISTILL.MIXUP.PROB == 0
+    assert (
+        cfgs["mixup"].MODEL.DISTILL.MIXUP.PROB == 0.5
+        and cfgs["online"].MODEL.DISTILL.MIXUP.PROB == 0
+    )
     for name in ("online", "mixup"):
         assert cfgs[name].MODEL.DISTILL.LOSSES == cfgs["labeled"].MODEL.DISTILL.LOSSES == ["PKD"]
         assert cfgs[name].SOLVER.MAX_ITER == cfgs["labeled"].SOLVER.MAX_ITER
@@ -113,11 +116,16 @@ def test_the_report_section_has_every_cell_with_its_seeds_and_survives_the_study
     _finished(done, out, aps)
     report.mkdir()
     (report / "results.md").write_text("# d2dist study\n\nthe accuracy study's report\n")
-    path = patience.write_patience_report(done, str(out), str(report), invocation="python "
-                                          "tools/patience_study.py --seeds 1 2", wall_min=None)
+    path = patience.write_patience_report(
+        done,
+        str(out),
+        str(report),
+        invocation="python " "tools/patience_study.py --seeds 1 2",
+        wall_min=None,
+    )
     text = open(path).read()
     assert text.startswith("# d2dist study") and "the accuracy study's report" in text
-    section = text[text.index(patience.START):]
+    section = text[text.index(patience.START) :]
     assert "box AP **10.0**" in section  # the teacher's line
     assert "| (a) labeled only | 5.0 ± 5.7 (n=2, 2.0 min) | 9.0 ± 5.7 (n=2, 2.0 min) |" in section
     assert "| 7.0 (n=1, 2.0 min) |" in section  # unfinished cells: fewer seeds, said

@@ -23,6 +23,11 @@ def teachers(tmp_path_factory):
         (d / arch).mkdir()
         overrides = {f"MODEL__{key}__SCORE_THRESH_TEST": 0.0}
         out[arch + "_all"] = write_teacher(str(d / arch), arch, **overrides)
+    (d / "same_width").mkdir()  # CrossKD runs the teacher's head on the student's features
+    out["retinanet_same_width"] = write_teacher(
+        str(d / "same_width"), "retinanet", MODEL__RETINANET__SCORE_THRESH_TEST=0.0,
+        MODEL__FPN__OUT_CHANNELS=16
+    )  # fmt: skip
     return out
 
 
@@ -257,3 +262,30 @@ def test_teacher_and_student_see_the_same_mixed_view(teachers):
     assert all("mixed_with" in x for x in seen)
     assert all(len(x["instances"]) > 0 for x in seen)  # both mixes include the unlabeled image:
     assert not torch.equal(seen[0]["image"], batch[0]["image"])  # labelled by the teacher
+
+
+TERM_CASES = [
+    ("faster_rcnn", ["KD", "DIST", "MIMIC", "PKD", "CWD", "DIST_FEATURE"]),
+    ("faster_rcnn", ["ReviewKD", "MGD", "FGD"]),
+    ("retinanet", ["CrossKD", "KD", "FGD"]),
+    ("semantic_fpn", ["DIST", "KD"]),
+]
+
+
+@pytest.mark.parametrize("arch, terms", TERM_CASES, ids=lambda x: str(x))
+def test_every_term_works_unchanged_on_images_the_teacher_labelled(teachers, arch, terms):
+    teacher = "retinanet_same_width" if arch == "retinanet" else arch
+    cfg = distill_cfg(arch, *teachers[teacher], losses=terms)
+    cfg.MODEL.DISTILL.TEACHER_LABELS.SCORE_THRESHOLD = 0.0
+    cfg.MODEL.DISTILL.REVIEWKD.MID_CHANNELS, cfg.MODEL.DISTILL.REVIEWKD.NORM = 8, ""
+    if arch == "retinanet":
+        cfg.MODEL.DISTILL.CROSSKD.DEPTH = 1  # the tiny heads have one conv
+        for ns in ("FGD", "MGD"):
+            cfg.MODEL.DISTILL[ns].IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    torch.manual_seed(0)
+    model = build_distiller(cfg).train()
+    losses, seen, runs = _step(model, inputs(arch, n=2, annotated=False))
+    assert runs == 1 and all("instances" in x or "sem_seg" in x for x in seen)
+    for term in model.terms:
+        assert torch.isfinite(losses[term.loss_key]) and losses[term.loss_key] > 0, term.loss_key
+    sum(losses.values()).backward()
