@@ -30,6 +30,7 @@ from detectron2.modeling import GeneralizedRCNN, PanopticFPN, SemanticSegmentor
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..config import register_distill_namespaces
@@ -141,9 +142,16 @@ class TeacherLabels:
             f"mask_threshold={self.mask_threshold}, pixel_threshold={self.pixel_threshold})"
         )
 
-    def needs_label(self, x: dict) -> bool:
-        """Whether the training image ``x`` (a mapped dict) gets the teacher's labels."""
-        return self.images == "all" or not any(k in x for k in TARGET_KEYS)
+    def needs_label(self, x: dict, wants: Optional[Set[str]]) -> bool:
+        """Whether the training image ``x`` (a mapped dict) gets the teacher's labels: with
+        ``IMAGES: "all"`` always; otherwise when it lacks a target the student trains on
+        (``wants``, of :func:`model_targets`; None: a student d2dist does not label for, whose
+        image is unlabeled when it has neither ``instances`` nor ``sem_seg``)."""
+        if self.images == "all":
+            return True
+        keys = [k for k in TARGET_KEYS if k in wants] if wants is not None else TARGET_KEYS
+        present = [k in x for k in keys]
+        return not all(present) if wants is not None else not any(present)
 
     def check(self, student: nn.Module, teacher: nn.Module) -> None:
         """That the teacher predicts what the student trains on (a :class:`ConfigError` saying
@@ -191,25 +199,39 @@ class TeacherLabels:
         the others unchanged). ``teacher`` is the :class:`~d2dist.modeling.Teacher`, ``run`` the
         step's :class:`~d2dist.modeling.targets.TeacherRun` (its images and backbone features are
         computed here, once, and reused by the distillation terms)."""
-        which = [i for i, x in enumerate(batched_inputs) if self.needs_label(x)]
+        wants = model_targets(student)
+        which = [i for i, x in enumerate(batched_inputs) if self.needs_label(x, wants)]
         if not which:
             return list(batched_inputs)
         if not self._checked:
             self.check(student, teacher.model)
-        wants = model_targets(student)
         with teacher.autocast_context():
             predictions = predict(teacher.model, run.images, run.features)
         out = list(batched_inputs)
         for i in which:
             h, w = run.images.image_sizes[i]
             x = dict(batched_inputs[i])
-            if "instances" in wants:
+            # IMAGES "unlabeled": only what the image lacks (a panoptic image with instances but
+            # no semantic labels keeps its instances)
+            if "instances" in wants and (self.images == "all" or "instances" not in x):
                 x["instances"] = self._instances(predictions[i]["instances"], h, w, wants)
-            if "sem_seg" in wants:
+            if "sem_seg" in wants and (self.images == "all" or "sem_seg" not in x):
                 ignore = getattr(getattr(student, "sem_seg_head", None), "ignore_value", 255)
                 x["sem_seg"] = self._sem_seg(predictions[i]["sem_seg"], h, w, ignore)
             out[i] = x
+        self._log(out, which, wants)
         return out
+
+    @staticmethod
+    def _log(batch: List[dict], which: List[int], wants: Set[str]) -> None:
+        """The share of the step's images the teacher labelled, and its boxes per such image, as
+        training scalars (``teacher_labels/...`` in metrics.json and TensorBoard)."""
+        storage = get_event_storage()
+        scalars = {"teacher_labels/images_fraction": len(which) / len(batch)}
+        if "instances" in wants:
+            boxes = sum(len(batch[i]["instances"]) for i in which)
+            scalars["teacher_labels/boxes_per_image"] = boxes / len(which)
+        storage.put_scalars(**scalars, smoothing_hint=True)
 
     def _instances(self, pred: Instances, h: int, w: int, wants: Set[str]) -> Instances:
         pred = detector_postprocess(pred, h, w, self.mask_threshold)  # boxes clipped, masks pasted

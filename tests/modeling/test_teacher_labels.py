@@ -289,3 +289,38 @@ def test_every_term_works_unchanged_on_images_the_teacher_labelled(teachers, arc
     for term in model.terms:
         assert torch.isfinite(losses[term.loss_key]) and losses[term.loss_key] > 0, term.loss_key
     sum(losses.values()).backward()
+
+
+def test_the_share_of_labelled_images_and_their_boxes_are_logged(teachers):
+    model = _distiller(teachers, "faster_rcnn")
+    batch = inputs("faster_rcnn", n=2)
+    del batch[1]["instances"]
+    with EventStorage(0) as storage:
+        _, seen, _ = _step_in(model, batch)
+        latest = {k: v for k, (v, _) in storage.latest().items()}
+    assert latest["teacher_labels/images_fraction"] == 0.5
+    assert latest["teacher_labels/boxes_per_image"] == len(seen[1]["instances"]) > 0
+
+
+def _step_in(model, batch):
+    seen = []
+    hook = model.student.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    try:
+        return model(batch), seen[0], None
+    finally:
+        hook.remove()
+
+
+def test_an_image_gets_only_the_targets_it_lacks(teachers):
+    """A detector's image with semantic labels but no instances is unlabeled for it; a panoptic
+    image with instances but no semantic labels keeps its instances."""
+    model = _distiller(teachers, "faster_rcnn")
+    batch = inputs("faster_rcnn", n=1)
+    del batch[0]["instances"]  # its sem_seg stays
+    _, seen, _ = _step(model, batch)
+    assert len(seen[0]["instances"]) > 0
+    model = _distiller(teachers, "panoptic_fpn")
+    batch = inputs("panoptic_fpn", n=1)
+    del batch[0]["sem_seg"]
+    _, seen, _ = _step(model, batch)
+    assert seen[0]["instances"] is batch[0]["instances"] and "sem_seg" in seen[0]
