@@ -22,7 +22,8 @@ import contextlib
 import logging
 import os
 import signal
-from typing import Optional, Sequence
+import threading
+from typing import List, Optional, Sequence
 
 import torch
 from detectron2.data import MetadataCatalog
@@ -151,6 +152,8 @@ class PreemptionHook(HookBase):
                 self._previous[s] = signal.signal(s, self._note)
             except ValueError:  # not the main thread: leave the process's handlers alone
                 continue
+        if self._previous and self not in _ACTIVE:
+            _ACTIVE.append(self)
 
     def after_train(self):
         """Restore the process's handlers (idempotent: the trainers call it again when the loop
@@ -162,6 +165,8 @@ class PreemptionHook(HookBase):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
 
     @property
     def signal(self) -> int:
@@ -214,6 +219,45 @@ class InterruptibleHooks(HookBase):
         # a signal noted during the last step was handled by the PreemptionHook's after_step.
         if self.preemption._previous and not self.preemption.stopping:
             self.preemption.interruptible = True
+
+
+# The hooks whose handlers are installed in this process, in the order they were installed.
+_ACTIVE: List[PreemptionHook] = []
+_FORKING = threading.local()  # the forking thread's signal mask, restored after the fork
+
+
+def _before_fork() -> None:
+    """A process forked during training (a data-loading worker, a pool's process: Detectron2's
+    Cityscapes loader forks one) must keep SIGTERM's usual effect, or ``Pool.terminate`` would
+    wait for it forever. A signal that reached it between the fork and CPython's reinitialisation
+    would be caught by the inherited handler and then dropped (CPython clears pending signals in
+    the child); so SIGTERM and SIGINT are blocked around the fork, and the child restores the
+    handlers the process had before training, then unblocks them (a pending one then acts)."""
+    if _ACTIVE:
+        _FORKING.mask = signal.pthread_sigmask(signal.SIG_BLOCK, PreemptionHook.SIGNALS)
+
+
+def _after_fork_in_parent() -> None:
+    mask = getattr(_FORKING, "mask", None)
+    if mask is not None:
+        _FORKING.mask = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _after_fork_in_child() -> None:
+    mask = getattr(_FORKING, "mask", None)
+    if _ACTIVE:
+        for s, handler in _ACTIVE[0]._previous.items():  # the process's own, before any hook
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        _ACTIVE.clear()
+    if mask is not None:
+        _FORKING.mask = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 def preemption_hooks(checkpointer):

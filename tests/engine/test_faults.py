@@ -323,6 +323,54 @@ def test_the_preemption_handler_leaves_forked_processes_their_sigterm():
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
+def test_a_process_forked_during_training_has_the_process_s_own_handlers():
+    """Restored at the fork (os.register_at_fork), with SIGTERM blocked across it: a signal that
+    came between the fork and CPython's reinitialisation of the child is not lost."""
+    hook = PreemptionHook(checkpointer=None)
+    hook.before_train()
+    try:
+        fork = multiprocessing.get_context("fork")
+        queue = fork.SimpleQueue()
+
+        def report():
+            queue.put((signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                       signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+                       signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])))  # fmt: skip
+
+        child = fork.Process(target=report)
+        child.start()
+        assert queue.get() == (True, True, False)
+        child.join(timeout=20)
+        assert signal.getsignal(signal.SIGTERM) == hook._note  # this process: the hook's
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        hook.after_train()
+
+
+_POOL = """
+import multiprocessing, sys
+from d2dist.engine.faults import PreemptionHook
+hook = PreemptionHook(checkpointer=None)
+hook.before_train()
+for _ in range(20):
+    pool = multiprocessing.get_context("fork").Pool(4)  # as Detectron2's Cityscapes loader does
+    assert pool.map(abs, range(-40, 0), chunksize=4) == list(range(40, 0, -1))
+    pool.close()
+    del pool  # its finaliser terminates its processes, racing the workers it still starts
+hook.after_train()
+print("done")
+"""
+
+
+def test_a_process_pool_made_during_training_ends():
+    """Seen in CI: the pool's finaliser terminated a worker it had just forked; the signal came
+    before the child was set up, was caught by the inherited handler and dropped, and the pool
+    waited for that worker forever (every run hung at the first pool before the fix)."""
+    proc = subprocess.run([sys.executable, "-c", _POOL], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+
+
 def test_the_run_record_of_a_lazy_config_is_the_same_in_every_process():
     """A LazyConfig holds functions and classes (its _target_s): the record names them, so that a
     resumed run in a new process compares equal (a repr would hold their memory addresses)."""
