@@ -226,7 +226,10 @@ class TeacherLabels:
     def _log(batch: List[dict], which: List[int], wants: Set[str]) -> None:
         """The share of the step's images the teacher labelled, and its boxes per such image, as
         training scalars (``teacher_labels/...`` in metrics.json and TensorBoard)."""
-        storage = get_event_storage()
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # outside a training loop (a picture of a mixed view, a benchmark)
+            return
         scalars = {"teacher_labels/images_fraction": len(which) / len(batch)}
         if "instances" in wants:
             boxes = sum(len(batch[i]["instances"]) for i in which)

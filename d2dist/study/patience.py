@@ -209,7 +209,7 @@ def write_patience_report(
     teacher = next(j for j in jobs if j.method is None)
     teacher_ap = teacher.results.get("bbox/AP")
     schedules = [s for s in SCHEDULES if any(s in c for c in cells.values())]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for k, arm in enumerate(a for a in ARMS if a.name in cells):
         xs = [s for s in schedules if s in cells[arm.name]]
         ys = [cells[arm.name][s]["mean"] for s in xs]
@@ -223,7 +223,7 @@ def write_patience_report(
     ax.set_xticks([SCHEDULES[s] for s in schedules], schedules)
     ax.set_xlabel(f"student schedule (1x = {BASE_ITERS} iterations of 4 images)")
     ax.set_ylabel("box AP (d2dist_shapes_val)")
-    ax.set_title("PKD, Faster R-CNN R18-FPN from R50-FPN: patience and unlabeled images")
+    ax.set_title("Faster R-CNN R18-FPN from R50-FPN (PKD):\npatience and unlabeled images")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     png = os.path.join(report, "results_patience_ap.png")
