@@ -23,8 +23,8 @@ study: $(STAMP)
 	$(PY) tools/study.py
 
 # The study of patience and consistency (unlabeled images with offline / online teacher labels,
-# mixup; 1x, 2x, 4x schedules; seeds 1 2 3): writes its section of docs/results.md. About two
-# hours on 2 cores; `$(PY) tools/patience_study.py --seeds 1` for one seed.
+# mixup; 1x, 2x, 4x schedules; seed 1, and seeds 2 and 3 at 1x and 2x): writes its section of
+# docs/results.md. About two hours on 2 cores; `$(PY) tools/patience_study.py --seeds 1` for one.
 patience: $(STAMP)
 	$(PY) tools/patience_study.py $(PATIENCE_ARGS)
 

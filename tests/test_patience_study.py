@@ -41,6 +41,12 @@ def test_the_plan_runs_every_arm_schedule_and_seed_seed_one_first(tmp_path):
         assert offline == job.name.split("/")[2].startswith("offline")
     # the study's own teacher: the same run as the accuracy study's
     assert teacher.config == TASKS["faster_rcnn"].teacher
+    # the default: the later seeds at 1x and 2x only (seed 1's 4x runs alone)
+    short = patience.plan_patience(ARMS, ["1x", "2x", "4x"], [1, 2, 3], str(tmp_path),
+                                   later_schedules=["1x", "2x"])  # fmt: skip
+    assert [j.name for j in short] == [j.name for j in jobs if "_4x" not in j.name or j.seed == 1]
+    with pytest.raises(ConfigError, match=r"\['3x'\]"):
+        patience.plan_patience(ARMS, ["1x"], [1, 2], str(tmp_path), later_schedules=["3x"])
 
 
 def test_the_arms_configs_differ_only_in_their_data_labels_and_mixup():
