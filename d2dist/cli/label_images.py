@@ -31,11 +31,10 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from ..config import get_cfg
 from ..data import load_image_folder
 from ..errors import ConfigError, DataError
 from ..file_io import local_path
-from ..modeling import Teacher, build_teacher
+from ..modeling import Teacher, teacher_from_file
 from ._warnings import quiet_third_party_warnings
 
 __all__ = ["console_main", "label_images", "main"]
@@ -84,13 +83,11 @@ def _check_arguments(args) -> None:
 def build_labelling_teacher(args) -> Teacher:
     """The teacher of ``args``, built by d2dist's teacher machinery (as a Distiller's is: yacs,
     ``model_zoo:`` or LazyConfig, with ``--opts``); its weights are loaded by ``Teacher.load``."""
-    cfg = get_cfg()
-    t = cfg.MODEL.DISTILL.TEACHER
-    t.CONFIG_FILE, t.WEIGHTS, t.OPTS = args.config_file, args.weights, list(args.opts or [])
-    cfg.MODEL.DEVICE = args.device
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: no CUDA device is available; use --device cpu.")
-    return build_teacher(cfg)
+    return teacher_from_file(
+        args.config_file, args.weights, opts=list(args.opts or []), device=args.device
+    )
 
 
 def detector_heads(teacher: Teacher, masks: bool) -> int:

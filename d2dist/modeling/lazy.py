@@ -42,13 +42,15 @@ def teacher_from_file(
     config_functions: Sequence[str] = (),
     autocast: str = "",
     channels_last: bool = False,
+    device: str = "cpu",
 ) -> Teacher:
     """A :class:`Teacher` from its own config file, exactly as ``MODEL.DISTILL.TEACHER`` builds it
     (a yacs ``.yaml`` or LazyConfig ``.py`` file, ``model_zoo:`` names allowed; ``opts`` are
-    ``KEY VALUE`` pairs for yacs, ``key=value`` strings for LazyConfig). Built on the CPU; its
-    weights are loaded by :meth:`Teacher.load` (the trainers do it)."""
+    ``KEY VALUE`` pairs for yacs, ``key=value`` strings for LazyConfig). Built on ``device`` (the
+    CPU by default: a Distiller moves it with itself); its weights are loaded by
+    :meth:`Teacher.load` (the trainers do it)."""
     cfg = get_cfg(*config_functions)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     t = cfg.MODEL.DISTILL.TEACHER
     t.CONFIG_FILE, t.WEIGHTS, t.OPTS = config_file, weights, list(opts)
     t.AUTOCAST, t.CHANNELS_LAST = autocast, channels_last

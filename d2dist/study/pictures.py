@@ -22,12 +22,11 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from matplotlib.figure import Figure
 
 from ..checkpoint import EvalCheckpointer, resume_or_load
-from ..config import get_cfg
 from ..data import ensure_generated
 from ..engine import Trainer, for_evaluation, load_config
 from ..engine.export import run_checkpoint
 from ..errors import ConfigError
-from ..modeling import TeacherLabels, build_teacher
+from ..modeling import TeacherLabels, teacher_from_file
 from ..modeling.mixup import mix
 from ..modeling.targets import TeacherRun
 from .runs import run_box_ap
@@ -41,9 +40,8 @@ __all__ = [
     "run_model",
 ]
 
-SCORE_THRESHOLD = (
-    0.3  # detections drawn: those scoring at least this (the built-in dataset's models are weak)
-)
+# detections drawn: those scoring at least this (the built-in dataset's models are weak)
+SCORE_THRESHOLD = 0.3
 PANEL_INCHES = 2.8  # each panel's side
 TITLE_INCHES = 0.5  # room for a panel's two-line title
 DPI = 100
@@ -193,11 +191,11 @@ def draw_mixup_example(
     the labels the student trains on there: the teacher's (a trained run's model, its
     ``config.yaml`` and last checkpoint) on the mixed image, scoring >= ``score_threshold``.
     Returns ``path`` (a PNG)."""
-    cfg = get_cfg()
-    t = cfg.MODEL.DISTILL.TEACHER
-    t.CONFIG_FILE, t.WEIGHTS = os.path.join(teacher_run, "config.yaml"), run_checkpoint(teacher_run)
-    cfg.MODEL.DEVICE = device or "cpu"
-    teacher = build_teacher(cfg)
+    teacher = teacher_from_file(
+        os.path.join(teacher_run, "config.yaml"),
+        run_checkpoint(teacher_run),
+        device=device or "cpu",
+    )
     teacher.load()
     size = teacher.cfg.INPUT.MIN_SIZE_TEST, teacher.cfg.INPUT.MAX_SIZE_TEST
     mapper = DatasetMapper(is_train=True, augmentations=[T.ResizeShortestEdge(*size)],
