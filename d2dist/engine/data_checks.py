@@ -32,6 +32,7 @@ from .configs import is_distiller_node, student_meta_architecture
 __all__ = [
     "check_dataset_classes",
     "check_unlabeled_datasets",
+    "dataset_names",
     "check_lazy_classes",
     "model_classes",
     "test_dataset_dicts",
@@ -200,7 +201,9 @@ def test_dataset_dicts(cfg: CfgNode, dataset_name: str) -> list:
     return dicts
 
 
-def _names(node) -> List[str]:
+def dataset_names(node) -> List[str]:
+    """The dataset names of a LazyConfig dataset node (``get_detection_dataset_dicts``' ``names``:
+    one name or a list), [] for a node without them."""
     names = node.get("names", []) if node is not None and hasattr(node, "get") else []
     return [names] if isinstance(names, str) else list(names or [])
 
@@ -228,8 +231,8 @@ def check_lazy_classes(cfg) -> None:
     ``num_classes`` / ``sem_seg_head.num_classes`` (a Distiller: its student's) predict them.
     The teacher is not compared (its classes are checked by the targets that use them)."""
     loader = cfg.get("dataloader", {})
-    train = [("dataloader.train", n) for n in _names(loader.get("train", {}).get("dataset"))]
-    test = [("dataloader.test", n) for n in _names(loader.get("test", {}).get("dataset"))]
+    train = [("dataloader.train", n) for n in dataset_names(loader.get("train", {}).get("dataset"))]
+    test = [("dataloader.test", n) for n in dataset_names(loader.get("test", {}).get("dataset"))]
     check_same_classes(train + test)
     check_num_classes(_lazy_heads(cfg.model), train + test)
 

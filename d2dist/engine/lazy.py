@@ -37,7 +37,7 @@ from ..data.unlabeled import register_image_folder
 from ..errors import ConfigError
 from ..file_io import local_path
 from .configs import for_evaluation, lazy_target
-from .data_checks import check_lazy_classes, check_unlabeled_datasets
+from .data_checks import check_lazy_classes, check_unlabeled_datasets, dataset_names
 from .faults import CheckedMapper, preemption_hooks, stopping_on_signals
 from .lazy_checks import apply_overrides, check_lazy_config
 from .run import add_run_arguments, prepare_run, release_run, resolve_device
@@ -240,9 +240,7 @@ def do_train(args, cfg):
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    dataset = cfg.dataloader.train.get("dataset", None)
-    names = dataset.get("names", []) if hasattr(dataset, "get") else []
-    names = [names] if isinstance(names, str) else list(names or [])
+    names = dataset_names(cfg.dataloader.train.get("dataset", None))
     check_unlabeled_datasets(names, model, key="dataloader.train.dataset.names")
     train_loader = _checked_train_loader(cfg)
 
