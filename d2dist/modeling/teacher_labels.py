@@ -29,7 +29,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.modeling import GeneralizedRCNN, PanopticFPN, SemanticSegmentor
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -205,8 +205,12 @@ class TeacherLabels:
             return list(batched_inputs)
         if not self._checked:
             self.check(student, teacher.model)
+        images, features = run.images, run.features
+        if len(which) < len(batched_inputs):  # the heads run on the images that need labels only
+            images = ImageList(images.tensor[which], [images.image_sizes[i] for i in which])
+            features = {k: v[which] for k, v in features.items()}
         with teacher.autocast_context():
-            predictions = predict(teacher.model, run.images, run.features)
+            predictions = dict(zip(which, predict(teacher.model, images, features)))
         out = list(batched_inputs)
         for i in which:
             h, w = run.images.image_sizes[i]

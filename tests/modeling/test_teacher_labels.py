@@ -324,3 +324,32 @@ def test_an_image_gets_only_the_targets_it_lacks(teachers):
     del batch[0]["sem_seg"]
     _, seen, _ = _step(model, batch)
     assert seen[0]["instances"] is batch[0]["instances"] and "sem_seg" in seen[0]
+
+
+def test_in_a_mixed_batch_the_heads_run_on_the_unlabeled_images_only(teachers):
+    """The teacher's heads label the images that need it (the backbone ran on the whole batch):
+    the unlabeled image's labels are still the teacher's own predictions on it."""
+    model = _distiller(teachers, "mask_rcnn", score_threshold=0.2)
+    batch = inputs("mask_rcnn", n=3)
+    del batch[1]["instances"], batch[1]["sem_seg"]
+    batch[1]["image"] = batch[1]["image"][:, :48, :56]
+    heads_on = []
+    hook = model.teacher.roi_heads.register_forward_pre_hook(
+        lambda m, a: heads_on.append(len(a[0].image_sizes))
+    )
+    try:
+        _, seen, _ = _step(model, batch)
+    finally:
+        hook.remove()
+    assert heads_on == [1]
+    with torch.no_grad():
+        plain = model.teacher([{"image": batch[1]["image"]}])[0]["instances"]
+    plain = plain[plain.scores >= 0.2]
+    labels = seen[1]["instances"]
+    assert labels.image_size == (48, 56) and len(labels) == len(plain) > 0
+    assert torch.allclose(labels.gt_boxes.tensor, plain.pred_boxes.tensor, atol=1e-4)
+    assert torch.equal(labels.gt_masks.tensor, plain.pred_masks)
+    assert (
+        seen[0]["instances"] is batch[0]["instances"]
+        and seen[2]["instances"] is batch[2]["instances"]
+    )
