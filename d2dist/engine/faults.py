@@ -159,14 +159,22 @@ class PreemptionHook(HookBase):
         """Restore the process's handlers (idempotent: the trainers call it again when the loop
         ends, since an earlier hook's failing ``after_train`` skips the later hooks')."""
         self.interruptible = False
-        if self._sigchld is not None:
-            signal.signal(signal.SIGCHLD, self._sigchld)
-            self._sigchld = None
+        if not self._signal:  # else the run is stopping: stopping_on_signals saves, then restores
+            self.restore_sigchld()
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
         if self in _ACTIVE:
             _ACTIVE.remove(self)
+
+    def restore_sigchld(self):
+        """Give SIGCHLD back its handler from before the signal (idempotent). Not in
+        ``after_train`` once a signal came: the trainer's loop calls that on its way out, before
+        :func:`stopping_on_signals` saves, and a worker dying during the save would then be
+        reported by PyTorch's handler, failing the save."""
+        if self._sigchld is not None:
+            signal.signal(signal.SIGCHLD, self._sigchld)
+            self._sigchld = None
 
     @property
     def signal(self) -> int:
@@ -315,6 +323,7 @@ def stopping_on_signals(trainer, preemption: PreemptionHook):
         raise Preempted(128 + e.signum) from None
     finally:
         preemption.after_train()
+        preemption.restore_sigchld()
 
 
 def _device(trainer) -> torch.device:
