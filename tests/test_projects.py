@@ -146,6 +146,45 @@ def test_a_faster_rcnn_student_with_a_point_rend_teacher(point_rend, tmp_path):
         assert "Teacher: GeneralizedRCNN from GeneralizedRCNN config" in f.read()
 
 
+def test_a_point_rend_student_on_unlabeled_images_learns_the_point_rend_teacher_s_masks(
+    point_rend, tmp_path, monkeypatch
+):
+    """A project's student kind with online teacher labels: a PointRend student trains on images
+    without annotations; its targets are the PointRend teacher's boxes and pasted masks."""
+    from detectron2.data import DatasetCatalog
+    from PIL import Image
+
+    from d2dist.modeling import TeacherLabels
+
+    config, weights, opts = point_rend
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for r in DatasetCatalog.get("d2dist_shapes_tiny_train")[:4]:
+        Image.open(r["file_name"]).save(folder / os.path.basename(r["file_name"]))
+    labelled, label = [], TeacherLabels.label
+
+    def spy(self, student, teacher, batched_inputs, run):
+        out = label(self, student, teacher, batched_inputs, run)
+        labelled.append(out)
+        return out
+
+    monkeypatch.setattr(TeacherLabels, "label", spy)
+    out = str(tmp_path / "run")
+    _main(*_distill(out, config, config, weights, opts, "--config-function", POINT_REND,
+                    "--image-folder", "point_rend_unlabeled", str(folder)),
+          "MODEL.DISTILL.TEACHER.CONFIG_FUNCTIONS", f"['{POINT_REND}']",
+          "MODEL.DISTILL.TEACHER_LABELS.SCORE_THRESHOLD", "0.0",
+          "DATASETS.TRAIN", "('point_rend_unlabeled',)", "TEST.EVAL_PERIOD", "0")  # fmt: skip
+    assert len(labelled) == 2  # both steps: every image labelled by the teacher
+    for batch in labelled:
+        for x in batch:
+            inst = x["instances"]
+            assert len(inst) > 0 and inst.gt_masks.tensor.shape[1:] == x["image"].shape[1:]
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f if "loss_mask_point" in line]
+    assert rows and all(r["teacher_labels/images_fraction"] == 1.0 for r in rows)
+
+
 def test_a_config_function_that_does_not_exist_is_named(tmp_path):
     for name, message in (("nodots", "not a dotted name"), ("no_such_pkg.add_x", "cannot import"),
                           ("detectron2.projects.point_rend.nope", "has no 'nope'")):  # fmt: skip
