@@ -156,11 +156,11 @@ class PreemptionHook(HookBase):
             _ACTIVE.append(self)
 
     def after_train(self):
-        """Restore the process's handlers (idempotent: the trainers call it again when the loop
-        ends, since an earlier hook's failing ``after_train`` skips the later hooks')."""
+        """Restore the process's SIGTERM / SIGINT handlers (idempotent: the trainers call it
+        again when the loop ends, since an earlier hook's failing ``after_train`` skips the later
+        hooks'). SIGCHLD's, replaced only once a signal came, is given back by
+        :meth:`restore_sigchld` after the checkpoint is saved."""
         self.interruptible = False
-        if not self._signal:  # else the run is stopping: stopping_on_signals saves, then restores
-            self.restore_sigchld()
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
@@ -168,10 +168,11 @@ class PreemptionHook(HookBase):
             _ACTIVE.remove(self)
 
     def restore_sigchld(self):
-        """Give SIGCHLD back its handler from before the signal (idempotent). Not in
-        ``after_train`` once a signal came: the trainer's loop calls that on its way out, before
-        :func:`stopping_on_signals` saves, and a worker dying during the save would then be
-        reported by PyTorch's handler, failing the save."""
+        """Give SIGCHLD back its handler from before the signal (idempotent; a no-op when no
+        signal came). :func:`stopping_on_signals` calls it last. Not in ``after_train``: the
+        trainer's loop calls that on its way out, before :func:`stopping_on_signals` saves, and a
+        worker dying during the save would then be reported by PyTorch's handler, failing the
+        save."""
         if self._sigchld is not None:
             signal.signal(signal.SIGCHLD, self._sigchld)
             self._sigchld = None
