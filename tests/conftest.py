@@ -28,6 +28,12 @@ def datasets_root() -> str:
     return _DATASETS_ROOT
 
 
+def pytest_report_header(config):
+    """The disk the session writes to, in the log's first lines (a full disk fails tests late)."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    return f"temporary files: {tempfile.gettempdir()} ({free:.1f} GiB free)"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _module_temp_dirs_removed(request, tmp_path_factory):
     """The directories a test module's fixtures made (a trained tiny teacher, a run: often hundreds
