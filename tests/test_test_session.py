@@ -12,15 +12,17 @@ import sys
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
 
-_PASSING = """
+_TEACHER = """
 import pytest
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    d = tmp_path_factory.mktemp("passing_teacher")
+    d = tmp_path_factory.mktemp("{name}")
     (d / "teacher.pth").write_bytes(b"0" * 4096)
     return d
+"""
 
+_PASSING = _TEACHER.format(name="passing_teacher") + """
 def test_trains(teacher, tmp_path):
     (tmp_path / "model_final.pth").write_bytes(b"1" * 4096)
 
@@ -28,15 +30,7 @@ def test_evaluates(teacher, tmp_path):
     assert (teacher / "teacher.pth").exists()
 """
 
-_FAILING = """
-import pytest
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    d = tmp_path_factory.mktemp("failing_teacher")
-    (d / "teacher.pth").write_bytes(b"0" * 4096)
-    return d
-
+_FAILING = _TEACHER.format(name="failing_teacher") + """
 def test_passes(teacher, tmp_path):
     (tmp_path / "model_final.pth").write_bytes(b"1")
 
